@@ -1,0 +1,1 @@
+// keeps moec_test_support non-empty
