@@ -1,5 +1,6 @@
 #include "model/forward.h"
 
+#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -148,35 +149,42 @@ void Forward::attention(int l, const LayerWeights& w, Matrix& h, int T) const {
   const int64_t nseq = n / T;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int window = s.sliding_window;
+  // Heads run in parallel, each with single-threaded BLAS (no oversubscription).
+  const int blas_threads = openblas_get_num_threads();
+  openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (int64_t sq = 0; sq < nseq; ++sq) {
     for (int hh = 0; hh < nh; ++hh) {
       const int kvh = hh / rep;
       const int64_t r0 = sq * T;
-      auto q = Q.block(r0, int64_t(hh) * hd, T, hd);
-      auto k = K.block(r0, int64_t(kvh) * hd, T, hd);
-      auto v = V.block(r0, int64_t(kvh) * hd, T, hd);
-      Matrix S = (q * k.transpose()) * scale;
+      // S = q k^T on the strided head slices (OpenBLAS; Eigen's own kernel lacks AVX here).
+      thread_local Matrix S;
+      S.resize(T, T);
+      const float* q = Q.data() + r0 * Q.cols() + int64_t(hh) * hd;
+      const float* k = K.data() + r0 * K.cols() + int64_t(kvh) * hd;
+      const float* v = V.data() + r0 * V.cols() + int64_t(kvh) * hd;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, int(Q.cols()), k, int(K.cols()), 0.0f,
+                  S.data(), T);
       for (int i = 0; i < T; ++i) {
         float* row = S.row(i).data();
         const int lo = window > 0 ? std::max(0, i - window + 1) : 0;
         float m = -INFINITY;
         for (int j = lo; j <= i; ++j) m = std::max(m, row[j]);
         float z = 0;
-        for (int j = 0; j < T; ++j) {
-          if (j < lo || j > i) {
-            row[j] = 0;
-          } else {
-            row[j] = std::exp(row[j] - m);
-            z += row[j];
-          }
+        for (int j = 0; j < lo; ++j) row[j] = 0;
+        for (int j = lo; j <= i; ++j) {
+          row[j] = std::exp(row[j] - m);
+          z += row[j];
         }
+        for (int j = i + 1; j < T; ++j) row[j] = 0;
         const float inv = 1.0f / z;
         for (int j = lo; j <= i; ++j) row[j] *= inv;
       }
-      O.block(r0, int64_t(hh) * hd, T, hd).noalias() = S * v;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S.data(), T, v, int(V.cols()), 0.0f,
+                  O.data() + r0 * O.cols() + int64_t(hh) * hd, int(O.cols()));
     }
   }
+  openblas_set_num_threads(blas_threads);
   Matrix out;
   gemm_nt(O, w.o, out);
   add_bias(out, w.o_bias);

@@ -1,1 +1,0 @@
-// keeps moec_test_support non-empty
