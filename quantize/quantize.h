@@ -5,6 +5,7 @@
 //   allocate_bits (mixed precision)   quantize/allocate.h
 // Methods, formulas, defaults and fallbacks: docs/QUANTIZATION.md.
 #pragma once
+#include "quantize/allocate.h"
 #include "quantize/gptq.h"
 #include "quantize/qmatrix.h"
 #include "quantize/rtn.h"
