@@ -53,8 +53,12 @@ HessianAccumulator::HessianAccumulator(int cols) : cols_(cols), sum_(Eigen::Matr
 void HessianAccumulator::add(const float* X, int64_t n) {
   if (n <= 0) return;
   auto t0 = Clock::now();
-  Eigen::MatrixXd Xt = ConstMatrixMap(X, n, cols_).cast<double>().transpose();  // [cols, n]
-  sum_.selfadjointView<Eigen::Lower>().rankUpdate(Xt);
+  const int64_t chunk = 1024;  // bounds the double copy for long token batches
+  for (int64_t i = 0; i < n; i += chunk) {
+    const int64_t m = std::min(chunk, n - i);
+    Eigen::MatrixXd Xt = ConstMatrixMap(X + i * cols_, m, cols_).cast<double>().transpose();  // [cols, m]
+    sum_.selfadjointView<Eigen::Lower>().rankUpdate(Xt);
+  }
   n_ += n;
   seconds_ += since(t0);
 }
@@ -87,6 +91,8 @@ GptqResult gptq(const Matrix& W0, const MatrixD& H0, const QuantSpec& spec, cons
   if (H0.rows() != cols || H0.cols() != cols)
     fail("gptq: Hessian is ", H0.rows(), "x", H0.cols(), " but the weight has ", cols, " input columns");
   if (opt.block < 1) fail("gptq: block must be >= 1, got ", opt.block);
+  check_finite(W0.data(), rows, cols, "gptq: weight");
+  if (!H0.allFinite()) fail("gptq: Hessian has non-finite entries");
 
   GptqResult res;
   res.tokens = opt.tokens;

@@ -70,6 +70,13 @@ GridParams fit_grid(const QuantSpec& s, const float* x, int n) {
   return p;
 }
 
+void check_finite(const float* data, int rows, int cols, const char* what) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c)
+      if (!std::isfinite(data[size_t(r) * cols + c]))
+        fail(what, ": non-finite value ", data[size_t(r) * cols + c], " at (", r, ", ", c, ")");
+}
+
 QuantizedMatrix assemble_qmatrix(const QuantSpec& s, int rows, int cols, std::vector<int8_t> codes,
                                  const std::vector<GridParams>& params) {
   QuantizedMatrix m;

@@ -19,6 +19,9 @@ struct GridParams {
 // Fits the grid for the n values x[0..n). Throws moec::Error if a scale is not finite in fp16.
 GridParams fit_grid(const QuantSpec& s, const float* x, int n);
 
+// Throws moec::Error naming `what` and the first (row, col) holding NaN or infinity.
+void check_finite(const float* data, int rows, int cols, const char* what);
+
 // Packs codes (rows * cols, row-major) and per-(row, group) parameters into the hand-off value.
 QuantizedMatrix assemble_qmatrix(const QuantSpec& s, int rows, int cols, std::vector<int8_t> codes,
                                  const std::vector<GridParams>& params);

@@ -10,6 +10,7 @@ QuantizedMatrix quantize_rtn(const Matrix& W, const QuantSpec& spec) {
   validate(spec);
   const int rows = int(W.rows()), cols = int(W.cols());
   if (rows < 1 || cols < 1) fail("quantize_rtn: empty matrix ", rows, "x", cols);
+  check_finite(W.data(), rows, cols, "quantize_rtn: weight");
   const int gs = spec.group > 0 ? spec.group : cols;
   const int groups = (cols + gs - 1) / gs;
   std::vector<int8_t> codes(size_t(rows) * cols);

@@ -216,9 +216,18 @@ TEST(Rtn, TernaryOptIsOptimalOnSmallGroups) {
   }
 }
 
-TEST(Rtn, RejectsUnrepresentableScale) {
+TEST(Rtn, RejectsUnrepresentableScaleAndNonFinite) {
   Matrix W = Matrix::Constant(2, 4, 1e7f);
   EXPECT_THROW(quantize_rtn(W, parse_quant_spec("int4")), Error);
+  W.setOnes();
+  W(1, 2) = NAN;
+  try {
+    quantize_rtn(W, parse_quant_spec("int4"));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("(1, 2)"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(gptq(W, MatrixD::Identity(4, 4), parse_quant_spec("int4")), Error);
 }
 
 // ---------------------------------------------------------------- Hessian
@@ -227,6 +236,10 @@ TEST(Hessian, AccumulatesTwoOverNXXt) {
   HessianAccumulator acc(20);
   acc.add(X.topRows(10));
   acc.add(X.bottomRows(27));
+  HessianAccumulator big(20);  // more tokens than one internal chunk
+  Matrix X2 = correlated_x(2500, 20, 4);
+  big.add(X2);
+  EXPECT_LT((big.hessian() - naive_hessian(X2)).cwiseAbs().maxCoeff(), 1e-9);
   EXPECT_EQ(acc.count(), 37);
   EXPECT_LT((acc.hessian() - naive_hessian(X)).cwiseAbs().maxCoeff(), 1e-9);
   EXPECT_TRUE(HessianAccumulator(5).hessian().isZero(0.0));
