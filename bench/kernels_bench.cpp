@@ -28,7 +28,7 @@ void BM_codec(benchmark::State& st, moec::Codec codec, int rows, int cols) {
 void BM_dense(benchmark::State& st, bool bf16, int rows, int cols) {
   moec::DenseExperts d(bf16, rows, cols, std::max(kBig, size_t(rows) * size_t(cols) * 8));
   std::vector<float> x(size_t(cols), 0.5f);
-  std::vector<float> y(size_t(rows));
+  std::vector<float> y(static_cast<size_t>(rows));
   for (auto _ : st) {
     d.step(x.data(), y.data());
     benchmark::DoNotOptimize(y.data());
