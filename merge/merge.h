@@ -110,7 +110,7 @@ struct Svd {
   MatrixD u;         // [m x r]
   std::vector<double> s;
   MatrixD vt;        // [r x n]
-  double total_energy = 0;  // ||A||_F², for energy fractions of truncated/randomized SVDs
+  double total_energy = 0;  // Σ of all σ² (exact) or ||A||_F² (randomized): denominator of energy fractions
 };
 Svd svd_thin(const Matrix& a, int rank, const SubspaceOptions& opt);
 

@@ -70,10 +70,12 @@ Svd svd_thin(const Matrix& a, int rank, const SubspaceOptions& opt) {
   if (opt.svd == SvdMethod::Randomized) {
     if (rank <= 0) fail("svd: randomized SVD needs a fixed rank (SubspaceOptions::rank > 0)");
     s = randomized_svd(a.cast<double>(), r, opt);
+    s.total_energy = a.cast<double>().squaredNorm();  // the sketch does not see the tail
   } else {
     s = opt.double_precision ? exact_svd<double>(a.cast<double>()) : exact_svd<float>(a);
+    s.total_energy = 0;  // Σσ² (= ||A||_F² up to rounding), so that full rank keeps exactly 1
+    for (double v : s.s) s.total_energy += v * v;
   }
-  s.total_energy = a.cast<double>().squaredNorm();
   const int keep = std::min<int>(r, int(s.s.size()));
   s.u.conservativeResize(Eigen::NoChange, keep);
   s.vt.conservativeResize(keep, Eigen::NoChange);
@@ -124,9 +126,7 @@ SubspaceResult subspace_merge(const std::vector<const Matrix*>& members, std::sp
   a.resize(0, 0);
 
   // Rank: fixed, or the smallest reaching the energy fraction (energy 1 keeps everything).
-  double total = 0;
-  for (double s : svd.s) total += s * s;
-  total = std::max(total, svd.total_energy);  // a truncated SVD does not see the tail
+  const double total = svd.total_energy;
   int r = int(svd.s.size());
   if (opt.rank <= 0 && opt.energy < 1) {
     double cum = 0;
