@@ -196,6 +196,11 @@ struct MergePlan {
   std::vector<LayerPlan> layers;  // index = layer
 };
 
+// A layer plan from a clustering: dominant members by frequency (indexed by expert id), rank 0, energy 1
+// (fill ranks/energies from MergedExpert after merging).
+LayerPlan make_layer_plan(const Clusters& clusters, std::span<const double> frequency, int num_experts,
+                          MergeMethod method);
+
 const char* to_string(MergeMethod m);
 const char* to_string(RouterMerge r);
 MergeMethod merge_method_from_string(const std::string& s);

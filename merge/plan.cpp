@@ -36,6 +36,22 @@ RouterMerge router_merge_from_string(const std::string& s) {
   fail("unknown router merge '", s, "' (expected dominant or frequency)");
 }
 
+LayerPlan make_layer_plan(const Clusters& clusters, std::span<const double> frequency, int num_experts,
+                          MergeMethod method) {
+  LayerPlan lp;
+  lp.num_experts = num_experts;
+  lp.method = method;
+  const std::vector<int> dom = dominant_members(clusters, frequency);
+  for (size_t c = 0; c < clusters.size(); ++c) {
+    ClusterPlan cp;
+    cp.members = clusters[c];
+    std::sort(cp.members.begin(), cp.members.end());
+    cp.dominant = dom[c];
+    lp.clusters.push_back(std::move(cp));
+  }
+  return lp;
+}
+
 void validate_plan(const MergePlan& plan, int expected_layers) {
   if (expected_layers >= 0 && int(plan.layers.size()) != expected_layers)
     fail("merge plan: ", plan.layers.size(), " layers, the model has ", expected_layers);

@@ -93,3 +93,17 @@ TEST(MergePlan, RejectsBadPlans) {
   expect_rejected(edit([](json& j) { j["format"] = "other"; }), {"format"});
   expect_rejected(edit([](json& j) { j["layers"][0]["clusters"] = json::array(); }), {"layer 0", "no clusters"});
 }
+
+TEST(MergePlan, FromClusters) {
+  Clusters cl = {{0, 3}, {1, 2, 4}};
+  std::vector<double> freq = {5, 1, 7, 2, 7};
+  LayerPlan lp = make_layer_plan(cl, freq, 5, MergeMethod::MSmoe);
+  ASSERT_EQ(lp.clusters.size(), 2u);
+  EXPECT_EQ(lp.clusters[0].dominant, 0);
+  EXPECT_EQ(lp.clusters[1].dominant, 2);  // tie 2 vs 4 -> lower id
+  MergePlan p;
+  p.layers = {lp};
+  EXPECT_NO_THROW(validate_plan(p, 1));
+  p.layers[0].num_experts = 6;  // expert 5 now uncovered
+  EXPECT_THROW(validate_plan(p, 1), Error);
+}
