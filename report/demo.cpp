@@ -131,6 +131,25 @@ Page demo_page() {
   page.figures({{heatmap(m, {"a", "b"}, {"x", "y", "z"}, ho), ""},
                 {bar_chart({"a", "b", "c", "d"}, {{"s1", {3, 300, 0, 30000}}, {"s2", {10, 1, 1e5, 42}}}, bo), ""},
                 {line_chart({{"flat", {{0, 5, ""}, {1, 5, ""}, {2, NAN, ""}, {3, 5, ""}}}}, lo), ""}});
+
+  // Scale check: a DeepSeek-sized layer x expert map and a 64-bar chart (labels must thin out, not collide).
+  Rng rng{7};
+  std::vector<std::vector<double>> big(24, std::vector<double>(64));
+  for (auto& row : big)
+    for (auto& v : row) v = std::exp(1.5 * rng.normal()) / 64;
+  std::vector<std::string> rows, cols;
+  for (int i = 0; i < 24; ++i) rows.push_back(std::to_string(i));
+  for (int i = 0; i < 64; ++i) cols.push_back(std::to_string(i));
+  HeatmapOptions bh;
+  bh.title = "24 layers x 64 experts";
+  bh.value_label = "share";
+  bh.row_axis = "layer";
+  bh.col_axis = "expert";
+  BarChartOptions bb;
+  bb.title = "64 experts";
+  bb.x_label = "expert";
+  bb.y_label = "share";
+  page.figures({{heatmap(big, rows, cols, bh), ""}, {bar_chart(cols, {{"share", big[0]}}, bb), ""}});
   return page;
 }
 

@@ -25,7 +25,8 @@ std::string escape(std::string_view text);
 std::string format_number(double v, int sig = 4, bool group = true);
 
 // ---------------------------------------------------------------- axes
-// "Nice" linear ticks (Heckbert): step is 1, 2 or 5 x 10^k, first tick <= lo, last tick >= hi.
+// "Nice" linear ticks: step = (hi - lo) / (target_count - 1) rounded to 1, 2 or 5 x 10^k (Heckbert),
+// first tick <= lo, last tick >= hi.
 // lo == hi (or a range below double resolution) is widened around the value; lo > hi is swapped.
 // Throws moec::Error for non-finite input (charts filter those out before calling).
 struct Ticks {
@@ -61,7 +62,7 @@ struct HeatmapOptions {
   double vmin = std::numeric_limits<double>::quiet_NaN();
   double vmax = std::numeric_limits<double>::quiet_NaN();
   double center = 0;
-  int sig = 3;          // significant digits in tooltips / cell text
+  int sig = 3;          // significant digits in tooltips (cell text uses at most 2)
   bool cell_text = true;  // print values in cells when the cells are large enough
 };
 // matrix[r][c]; all rows must have col_labels.size() entries and there must be row_labels.size() rows.

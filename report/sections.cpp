@@ -66,17 +66,27 @@ void add_routing_profile(Page& page, const RoutingProfileData& d) {
     page.paragraph("Each domain's usage minus the mean over domains: red = the domain uses the expert more than "
                    "average, blue = less. Experts that are red for one domain only are domain specialists; pruning "
                    "them hurts that domain even when pooled usage looks low.");
-    std::vector<Figure> figs;
+    // One colour scale shared by all domains so that their maps compare directly.
+    std::vector<std::vector<std::vector<double>>> diffs;
+    double span = 0;
     for (size_t i = 0; i < d.usage.size(); ++i) {
       std::vector<std::vector<double>> diff = pooled;
       for (size_t l = 0; l < layers; ++l)
-        for (size_t e = 0; e < experts; ++e)
+        for (size_t e = 0; e < experts; ++e) {
           diff[l][e] = (e < d.usage[i][l].size() ? d.usage[i][l][e] : NAN) - pooled[l][e];
+          if (std::isfinite(diff[l][e])) span = std::max(span, std::fabs(diff[l][e]));
+        }
+      diffs.push_back(std::move(diff));
+    }
+    std::vector<Figure> figs;
+    for (size_t i = 0; i < d.usage.size(); ++i) {
+      const auto& diff = diffs[i];
       HeatmapOptions dh = ho;
       dh.title = d.domains[i] + " minus mean";
       dh.value_label = "share diff";
       dh.scale = ColorScale::Diverging;
-      dh.vmin = NAN;
+      dh.vmin = -span;
+      dh.vmax = span;
       figs.push_back({heatmap(diff, layer_labels, expert_labels, dh), ""});
     }
     page.figures(std::move(figs));

@@ -98,14 +98,11 @@ std::string tick_label(double v, double step, double maxabs) {
   return std::string(buf, r.ptr);
 }
 
-double nice_number(double x, bool round) {
+// 1, 2, 5 or 10 x 10^k nearest to x (Heckbert's "nice numbers", rounding variant).
+double nice_number(double x) {
   double e = std::floor(std::log10(x));
   double f = x / std::pow(10.0, e);
-  double nf;
-  if (round)
-    nf = f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10;
-  else
-    nf = f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10;
+  double nf = f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10;
   return nf * std::pow(10.0, e);
 }
 
@@ -186,8 +183,7 @@ Ticks nice_ticks(double lo, double hi, int target_count) {
     }
   }
   target_count = std::max(2, target_count);
-  double range = nice_number(hi - lo, false);
-  double step = nice_number(range / (target_count - 1), true);
+  double step = nice_number((hi - lo) / (target_count - 1));
   double i0 = std::floor(lo / step + 1e-9), i1 = std::ceil(hi / step - 1e-9);
   if (i1 - i0 > 1000) fail("nice_ticks: too many ticks for [", lo, ", ", hi, "]");
   Ticks t;
@@ -318,11 +314,11 @@ std::string heatmap(const std::vector<std::vector<double>>& m, const std::vector
   const size_t col_every = thin(cw, col_label_w + 4), row_every = thin(ch, kFont + 1);
 
   const double axis_title_w = opt.row_axis.empty() ? 0 : 18;
-  const double x0 = 10 + axis_title_w + row_label_w + 6;
+  const double x0 = std::ceil(10 + axis_title_w + row_label_w + 6);  // whole pixels: no seams between cells
   const double y0 = (opt.title.empty() ? 8 : 30);
   const double gw = cw * double(cols), gh = ch * double(rows);
   const double legend_x = x0 + gw + 22, legend_h = std::max(gh, 120.0);
-  Ticks lt = nice_ticks(lo, hi, 5);
+  Ticks lt = nice_ticks(lo, hi, std::clamp(int(legend_h / 36), 3, 8));
   double legend_label_w = 0;
   for (size_t i = 0; i < lt.values.size(); ++i)
     if (lt.values[i] >= lo - 1e-12 * std::fabs(lo) && lt.values[i] <= hi + 1e-12 * std::fabs(hi))
@@ -342,9 +338,10 @@ std::string heatmap(const std::vector<std::vector<double>>& m, const std::vector
     if (!opt.cell_text || ch < 14) return false;
     for (const auto& row : m)
       for (double v : row)
-        if (text_width(format_number(v, opt.sig), 10) + 4 > cw) return false;
+        if (text_width(format_number(v, std::min(opt.sig, 2)), 10) + 4 > cw) return false;
     return true;
   }();
+  out += "<g shape-rendering=\"crispEdges\">\n";
   for (size_t r = 0; r < rows; ++r)
     for (size_t c = 0; c < cols; ++c) {
       double v = m[r][c];
@@ -358,10 +355,11 @@ std::string heatmap(const std::vector<std::vector<double>>& m, const std::vector
                     " " + format_number(v, opt.sig)) +
              "</title></rect>\n";
       if (show_text && ok)
-        out += text(x + cw / 2, y + ch / 2 + 3.5, format_number(v, opt.sig),
+        out += text(x + cw / 2, y + ch / 2 + 3.5, format_number(v, std::min(opt.sig, 2)),
                     std::string("text-anchor=\"middle\" font-size=\"10\" fill=\"") +
                         (is_dark(fill) ? "#ffffff" : "#1f2328") + "\"");
     }
+  out += "</g>\n";
   out += rect(x0, y0, gw, gh, "none", "stroke=\"#8c959f\" stroke-width=\"0.5\"");
 
   // Row and column labels (thinned), axis titles.
@@ -383,11 +381,13 @@ std::string heatmap(const std::vector<std::vector<double>>& m, const std::vector
   const double ly0 = y0 + 14, lh = legend_h - 14;
   out += text(legend_x, y0 + 6, opt.value_label, "fill=\"" + std::string(kMuted) + "\"");
   const int steps = 64;
+  out += "<g shape-rendering=\"crispEdges\">\n";
   for (int i = 0; i < steps; ++i) {
     double t = (i + 0.5) / steps;
     double y = ly0 + lh * (1 - double(i + 1) / steps);
     out += rect(legend_x, y, 14, lh / steps + 0.5, colour(t).hex());
   }
+  out += "</g>\n";
   out += rect(legend_x, ly0, 14, lh, "none", "stroke=\"#8c959f\" stroke-width=\"0.5\"");
   for (size_t i = 0; i < lt.values.size(); ++i) {
     double v = lt.values[i];

@@ -230,7 +230,7 @@ TEST(Report, NiceTicksEdgeCases) {
   check_ticks(1, 1 + 1e-14);  // below double resolution: treated as constant
   check_ticks(1e-9, 3e-9);    // tiny magnitudes
   check_ticks(0, 3.2e9);      // huge
-  EXPECT_EQ(nice_ticks(0, 3.2e9).labels[1], "1e9");
+  EXPECT_EQ(nice_ticks(0, 3.2e9).labels[1], "5e8");
   check_ticks(-2.5e7, 1.25e7);
   check_ticks(3.0720, 8.7898);
   check_ticks(0.0007, 0.0013);
@@ -417,7 +417,7 @@ TEST(Report, DemoPageIsDeterministicWellFormedAndWritesAtomically) {
   EXPECT_EQ(err, "");
   // 1 usage + 2 domain diffs + 4 co-activation + 1 missing-cells heatmaps; 4 importance + sizes + bpw + error +
   // time + log bars; tradeoff + constant line charts.
-  EXPECT_EQ(counts["svg"], 8 + 9 + 2);
+  EXPECT_EQ(counts["svg"], 8 + 9 + 2 + 2);  // + the scale check (big heatmap and 64 bars)
   EXPECT_EQ(counts["h2"], 3);
   EXPECT_GE(counts["table"], 5);
 
