@@ -15,6 +15,8 @@
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #pragma GCC push_options
+// GCC 12 warns about _mm512_undefined_* inside its own intrinsics headers (a known false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,fma,bmi2")
 
 namespace moec::detail {
