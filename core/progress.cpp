@@ -30,7 +30,7 @@ void Progress::update(long done, const std::string& detail) {
   auto now = std::chrono::steady_clock::now();
   double since = std::chrono::duration<double>(now - last_print_).count();
   // A terminal gets a redrawn bar a few times a second; a log gets a line at most every 2 s.
-  if (since < (tty_ ? 0.2 : 2.0) && done != total_) return;
+  if (since < (tty_ ? 0.2 : 2.0)) return;
   last_print_ = now;
   print(false, detail);
 }
