@@ -440,7 +440,7 @@ GgufFile::GgufFile(const fs::path& path) : path_(path) {
       fail(file, ": truncated GGUF file: data section would start at ", data_offset_, " but the file has ", size_,
            " bytes");
     // Offsets: aligned, inside the file, no two tensors overlapping.
-    std::map<uint64_t, size_t> by_offset;
+    std::multimap<uint64_t, size_t> by_offset;
     for (size_t i = 0; i < tensors_.size(); ++i) {
       GgufTensorInfo& t = tensors_[i];
       if (t.offset % alignment_ != 0)
