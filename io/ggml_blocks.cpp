@@ -1,6 +1,7 @@
 #include "io/ggml_blocks.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 
