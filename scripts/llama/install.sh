@@ -9,11 +9,16 @@ dir=$1
 version=3.22.1
 command -v npm >/dev/null 2>&1 || { echo "install.sh: npm not found" >&2; exit 3; }
 platform=$(node -p 'process.platform + "-" + process.arch')
+mkdir -p "$dir"
+# Test executables may run in parallel (ctest -j): one npm install at a time into DIR.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$dir/.install.lock"
+  flock 9
+fi
 if [ -f "$dir/node_modules/node-llama-cpp/package.json" ] &&
    [ -d "$dir/node_modules/@node-llama-cpp/$platform/bins" ] &&
    grep -q "\"version\": \"$version\"" "$dir/node_modules/node-llama-cpp/package.json"; then
   exit 0  # already there
 fi
-mkdir -p "$dir"
 NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --prefix "$dir" --omit=optional --no-audit --no-fund \
   --save-exact "node-llama-cpp@$version" "@node-llama-cpp/$platform@$version"
