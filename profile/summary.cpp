@@ -150,6 +150,33 @@ void add_profile_report(report::Page& page, const ProfileStats& s) {
   d.importance_label = "EASY-EP share";
   add_routing_profile(page, d);
 
+  if (doms.size() > 1) {
+    page.subsection("How much the domains differ");
+    page.paragraph("Per layer, the total-variation distance between a domain's expert usage and the usage over all "
+                   "domains (half the sum of absolute share differences: 0 = identical routing, 1 = disjoint experts), "
+                   "and the expert whose share differs most.");
+    Table dt;
+    dt.header = {"layer"};
+    for (auto* dm : doms) dt.header.push_back(dm->name + ": TV distance"), dt.header.push_back(dm->name + ": largest change");
+    for (size_t l = 0; l < nl; ++l) {
+      std::vector<Cell> row = {Cell(tot.layers[l].layer)};
+      for (auto* dm : doms) {
+        double tv = 0, best = -1;
+        size_t arg = 0;
+        for (size_t e = 0; e < E; ++e) {
+          const double diff = dm->layers[l].fraction(int(e)) - tot.layers[l].fraction(int(e));
+          tv += 0.5 * std::abs(diff);
+          if (std::abs(diff) > best) best = std::abs(diff), arg = e;
+        }
+        const double a = dm->layers[l].fraction(int(arg)), b = tot.layers[l].fraction(int(arg));
+        row.push_back(Cell(tv, 3));
+        row.push_back(Cell("expert " + std::to_string(arg) + ": " + format_number(100 * a, 3) + "% vs " + format_number(100 * b, 3) + "%"));
+      }
+      dt.rows.push_back(row);
+    }
+    page.table(dt);
+  }
+
   page.subsection("Balance and entropy per layer");
   page.paragraph("Load coefficient of variation (0 = perfectly balanced) and mean routing entropy per token in nats "
                  "(maximum ln E = " + format_number(std::log(double(E)), 3) + "), per domain.");
@@ -175,13 +202,20 @@ void add_profile_report(report::Page& page, const ProfileStats& s) {
 
   page.subsection("Expert output similarity");
   page.paragraph("Mean cosine between the outputs of experts i and j on the same " + std::to_string(tot.layers.empty() ? 0 : tot.layers[0].sampled_tokens) +
-                 " sampled tokens (every expert run on every sampled token). High values mark redundant experts (merge candidates).");
+                 " sampled tokens (every expert run on every sampled token). High values mark redundant experts (merge candidates). "
+                 "The colour range is set by the off-diagonal pairs; the diagonal (cosine 1) is saturated.");
   std::vector<Figure> sims;
   for (auto& L : tot.layers) {
     std::vector<std::vector<double>> m(E, std::vector<double>(E));
+    double off = 1e-6;
     for (size_t i = 0; i < E; ++i)
-      for (size_t j = 0; j < E; ++j) m[i][j] = L.output_similarity(long(i), long(j));
+      for (size_t j = 0; j < E; ++j) {
+        m[i][j] = L.output_similarity(long(i), long(j));
+        if (i != j) off = std::max(off, std::abs(m[i][j]));
+      }
     HeatmapOptions ho;
+    ho.vmin = -off;
+    ho.vmax = off;
     ho.title = "Layer " + std::to_string(L.layer);
     ho.value_label = "cosine";
     ho.row_axis = ho.col_axis = "expert";
