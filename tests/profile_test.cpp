@@ -78,7 +78,7 @@ struct Naive {
     r.top1[size_t(order[0])]++;
     for (int j = 0; j < k; ++j) {
       const int e = order[size_t(j)];
-      w[size_t(j)] = p[size_t(e)] / ps;  // Mixtral renormalises the top-k
+      w[size_t(j)] = p[size_t(e)] / (spec.routing.norm_topk ? ps : 1.0);  // renormalised top-k, or raw (Qwen2-MoE)
       auto o = expert(l, e, x);
       norms[size_t(j)] = std::sqrt(dot(o, o));
       for (int c = 0; c < H; ++c) y[size_t(c)] += w[size_t(j)] * o[size_t(c)];
@@ -171,10 +171,10 @@ std::vector<int32_t> random_tokens(int n, int vocab, unsigned seed) {
 
 struct Fixture {
   test::TempDir dir{"profile"};
-  test::TinyModel m = test::make_tiny_model("mixtral", 11, {{"num_hidden_layers", 2}});
+  test::TinyModel m;
   std::unique_ptr<model::CheckpointSource> src;
   std::vector<profile::Domain> domains;
-  Fixture() {
+  explicit Fixture(const std::string& family = "mixtral") : m(test::make_tiny_model(family, 11, {{"num_hidden_layers", 2}})) {
     test::write_model_dir(m, dir / "model");
     src = std::make_unique<model::CheckpointSource>(dir / "model");
     domains.push_back({"a", "a.npy", "", random_tokens(300, src->spec().vocab, 1)});
@@ -193,8 +193,8 @@ struct Fixture {
 
 }  // namespace
 
-TEST(Profile, EveryStatisticMatchesNaiveRecomputation) {
-  Fixture f;
+void check_against_naive(const std::string& family) {
+  Fixture f(family);
   auto opt = f.opts();
   auto stats = profile::profile_model(*f.src, f.domains, opt);
   const auto& spec = f.src->spec();
@@ -237,6 +237,10 @@ TEST(Profile, EveryStatisticMatchesNaiveRecomputation) {
   }
   for (int l = 0; l < spec.num_layers; ++l) compare(stats.total().layers[size_t(l)], total[size_t(l)], E, H, "total layer " + std::to_string(l));
 }
+
+TEST(Profile, EveryStatisticMatchesNaiveRecomputation) { check_against_naive("mixtral"); }
+// Qwen2-MoE: raw (not renormalised) top-k weights and a shared expert, which EASY-EP's y_t leaves out.
+TEST(Profile, QwenSharedExpertMatchesNaiveRecomputation) { check_against_naive("qwen2_moe"); }
 
 TEST(Profile, FileRoundTripAndReproducible) {
   Fixture f;
