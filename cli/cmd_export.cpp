@@ -50,7 +50,7 @@ static int run_export(int argc, char** argv) {
   opts.add_options()("model", po::value(&model_dir)->required(), "model directory (packed moec checkpoint or Hugging Face)")(
       "format", po::value(&format)->required(), "hf-dense | gguf")("output,o", po::value(&out)->required(), "output directory")(
       "dtype", po::value(&dtype_s)->default_value("bf16"), "hf-dense weight dtype: bf16 | f16 | f32")(
-      "force", "overwrite an existing output directory")("quiet", "no progress on stderr");
+      "force", "overwrite an existing output directory");
   po::positional_options_description pos;
   pos.add("model", 1);
   po::variables_map vm;

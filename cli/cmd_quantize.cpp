@@ -46,8 +46,7 @@ static int run_quantize(int argc, char** argv) {
       "act-order", "GPTQ: columns by decreasing Hessian diagonal (static groups)")(
       "seq-len", po::value(&seq_len)->default_value(256), "calibration window length")(
       "max-tokens", po::value(&max_tokens)->default_value(-1), "use only the first N calibration tokens")(
-      "output,o", po::value(&out)->required(), "output directory")("force", "overwrite an existing output directory")(
-      "quiet", "no progress on stderr");
+      "output,o", po::value(&out)->required(), "output directory")("force", "overwrite an existing output directory");
   po::positional_options_description pos;
   pos.add("model", 1);
   po::variables_map vm;

@@ -212,17 +212,16 @@ CalibrateReport quantize_experts(const model::WeightSource& src, const std::vect
         src.release(name);
         PackedMatrix m = pack(q.q, codec_for(sp, opt.subbit));
         q.info["codec_name"] = codec_name(m.codec);
-        if (c1) {
-          q.info["expert_tokens"] = c1->count[size_t(e)];
-          q.info["importance"] = importance[size_t(e)];
-        }
+        if (need_data) q.info["importance"] = importance[size_t(e)];
         if (opt.method == Method::Gptq && q.path != "gptq") ++rep.fallbacks;  // few tokens / raised damp / RTN
         bytes[size_t(e)] += stored_bytes(m.view());
         auto& r = recs[size_t(e)];
         r.layer = l;
         r.expert = e;
-        r.tokens = c1 ? c1->count[size_t(e)] : 0;
-        r.gate_mass = c1 ? c1->mass[size_t(e)] / double(N) : 0.0;
+        if (p == 0) {  // c1 (routing counts) is gone by the time down_proj is quantized
+          r.tokens = c1 ? c1->count[size_t(e)] : 0;
+          r.gate_mass = c1 ? c1->mass[size_t(e)] / double(N) : 0.0;
+        }
         r.spec = to_string(sp);
         r.codec = codec_name(m.codec);
         r.path[p] = q.path;
