@@ -40,7 +40,7 @@ static int run_quantize(int argc, char** argv) {
       "ternary-scale", po::value(&tscale)->default_value("absmean"), "absmean | minmax | opt")(
       "subbit", "store ternary codes with the sub-bit (Tunstall) codec")(
       "budget-bits", po::value(&budget)->default_value(0), "mixed precision: average bits per expert weight (incl. scales)")(
-      "candidates", po::value(&candidates)->default_value("int4:g128:asym,int3:g128:asym,int2:g128:asym,ternary:absmean:row"),
+      "candidates", po::value(&candidates)->default_value("int4:g128:asym,int3:g128:asym,int2:g128:asym,ternary:minmax:row"),
       "comma-separated specs --budget-bits chooses from (docs/QUANTIZATION.md)")(
       "damp", po::value(&damp)->default_value(-1), "GPTQ relative dampening (< 0: 0.01 int, 0.1 ternary)")(
       "act-order", "GPTQ: columns by decreasing Hessian diagonal (static groups)")(
