@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/progress.h"
+#include "io/gguf_export.h"
 #include "io/safetensors.h"
 #include "model/source.h"
 #include "quantize/checkpoint.h"
@@ -50,12 +51,21 @@ static int run_export(int argc, char** argv) {
   opts.add_options()("model", po::value(&model_dir)->required(), "model directory (packed moec checkpoint or Hugging Face)")(
       "format", po::value(&format)->required(), "hf-dense | gguf")("output,o", po::value(&out)->required(), "output directory")(
       "dtype", po::value(&dtype_s)->default_value("bf16"), "hf-dense weight dtype: bf16 | f16 | f32")(
-      "force", "overwrite an existing output directory");
+      "type", po::value<std::string>()->default_value("f16"),
+      "gguf: routed-expert tensors f32 | f16 | bf16 | q8_0 | q4_0 | tq1_0 | tq2_0 (moec ternary codes are carried into tq1_0/tq2_0)")(
+      "dense-type", po::value<std::string>(), "gguf: embeddings/attention/shared experts f32 | f16 | bf16 (default f16; f32 with --type f32)")(
+      "alignment", po::value<uint32_t>()->default_value(32), "gguf: general.alignment")(
+      "name", po::value<std::string>(), "gguf: general.name (default: the model directory name)")(
+      "force", "overwrite an existing output");
   po::positional_options_description pos;
   pos.add("model", 1);
   po::variables_map vm;
-  if (!parse_options(argc, argv, "export MODEL --format hf-dense|gguf -o OUT [--dtype bf16|f16|f32]",
-                     "Writes a model in another format. hf-dense: a dequantized Hugging Face checkpoint.", opts, pos, vm))
+  if (!parse_options(argc, argv, "export MODEL --format hf-dense|gguf -o OUT [--dtype bf16|f16|f32] [--type q8_0]",
+                     "Writes a model (Hugging Face, pruned/merged, or compressed moec checkpoint) in another format.\n"
+                     "  hf-dense  a dequantized Hugging Face checkpoint directory any HF loader reads\n"
+                     "  gguf      one .gguf file llama.cpp runs (Mixtral as arch 'llama', Qwen2-MoE as 'qwen2moe';\n"
+                     "            experts stacked into ffn_{gate,up,down}_exps; see docs/GGUF.md)",
+                     opts, pos, vm))
     return 0;
   if (vm.count("quiet")) log_options().quiet = true;
   auto src = model::open_model(model_dir);
@@ -68,8 +78,18 @@ static int run_export(int argc, char** argv) {
     else fail("--dtype '", dtype_s, "': expected bf16, f16 or f32");
     export_hf_dense(*src, out, dt);
   } else if (format == "gguf") {
-    // Dispatch point: io/gguf_export.h export_gguf(*src, out, ...) once the GGUF exporter lands.
-    fail("--format gguf: the GGUF exporter is not part of this build yet");
+    io::GgufExportOptions o;
+    o.expert_type = io::parse_ggml_write_type(vm["type"].as<std::string>());
+    if (vm.count("dense-type")) o.dense_type = io::parse_ggml_write_type(vm["dense-type"].as<std::string>());
+    o.alignment = vm["alignment"].as<uint32_t>();
+    o.force = vm.count("force") > 0;
+    o.name = vm.count("name") ? vm["name"].as<std::string>() : fs::path(model_dir).filename().string();
+    o.progress = !vm.count("quiet");
+    auto r = io::export_gguf(*src, out, o);
+    std::printf("%s: arch %s, %lld tensors, %.1f MiB; routed experts %s at %.4f bits/weight\n", out.c_str(), r.arch.c_str(),
+                (long long)r.tensors, double(r.file_bytes) / (1 << 20), io::ggml_type_name(o.expert_type),
+                r.expert_bits_per_weight());
+    return 0;
   } else {
     fail("--format '", format, "': expected hf-dense or gguf");
   }

@@ -219,6 +219,16 @@ GgufExportReport export_gguf(const WeightSource& src, const fs::path& out_file,
                     [&src, &s, gname, l, p, rows, cols, E, t = opt.expert_type](GgufWriter& w) {
                       for (int e = 0; e < E; ++e) {
                         const std::string hf = s.expert(l, e, p);
+                        // moec ternary codes go into TQ blocks as they are (scales mapped, docs/GGUF.md).
+                        if (t == GgmlType::TQ1_0 || t == GgmlType::TQ2_0) {
+                          auto qm = src.codes(hf);
+                          if (qm && qm->kind == CodeKind::Ternary && qm->rows == rows && qm->cols == cols) {
+                            auto bytes = encode_ternary_matrix(*qm, t, "tensor '" + hf + "'");
+                            w.write(bytes.data(), bytes.size());
+                            src.release(hf);
+                            continue;
+                          }
+                        }
                         Matrix m = src.matrix(hf);
                         if (m.rows() != rows || m.cols() != cols)
                           fail(src.path().string(), ": tensor '", hf, "' is ", m.rows(), "x", m.cols(), ", expected ", rows, "x", cols);

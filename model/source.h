@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "model/linear.h"
 #include "model/spec.h"
+#include "quantize/qmatrix.h"
 
 namespace moec::model {
 
@@ -27,6 +28,9 @@ class WeightSource {
   }
   // Drops whatever memory the tensor's data holds once the caller is done with it (streaming).
   virtual void release(const std::string& name) const {}
+  // The quantization codes of a weight stored in quantized form (nullptr for dense weights), so that
+  // exporters can carry codes over instead of re-quantizing dequantized values.
+  virtual std::shared_ptr<const QuantizedMatrix> codes(const std::string& name) const { return nullptr; }
   virtual std::filesystem::path path() const = 0;
   virtual uint64_t bytes_on_disk() const = 0;
 
@@ -64,6 +68,9 @@ class OverlaySource final : public WeightSource {
   Matrix matrix(const std::string& name) const override;
   std::shared_ptr<const Linear> linear(const std::string& name) const override;
   void release(const std::string& name) const override { base_.release(name); }
+  std::shared_ptr<const QuantizedMatrix> codes(const std::string& name) const override {
+    return linears_.count(name) || matrices_.count(name) ? nullptr : base_.codes(name);
+  }
   std::filesystem::path path() const override { return base_.path(); }
   uint64_t bytes_on_disk() const override { return base_.bytes_on_disk(); }
 

@@ -241,6 +241,11 @@ const PackedView& PackedSource::packed(const std::string& name) const {
   return it->second->view;
 }
 
+std::shared_ptr<const QuantizedMatrix> PackedSource::codes(const std::string& name) const {
+  if (!packed_.count(name)) return nullptr;
+  return std::make_shared<QuantizedMatrix>(unpack(packed(name)));
+}
+
 Matrix PackedSource::matrix(const std::string& name) const {
   if (packed_.count(name)) {
     const PackedView& v = packed(name);

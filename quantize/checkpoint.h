@@ -89,6 +89,7 @@ class PackedSource final : public model::WeightSource {
   Matrix matrix(const std::string& name) const override;
   std::shared_ptr<const model::Linear> linear(const std::string& name) const override;
   void release(const std::string& name) const override;
+  std::shared_ptr<const QuantizedMatrix> codes(const std::string& name) const override;
   fs::path path() const override { return dir_; }
   uint64_t bytes_on_disk() const override { return store_->bytes_on_disk(); }
 
