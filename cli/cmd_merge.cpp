@@ -46,7 +46,7 @@ static int run_merge(int argc, char** argv) {
       "method", po::value(&method)->default_value("subspace"), "subspace | msmoe | average | freq-average")(
       "keep", po::value(&keep), "experts per layer after merging")(
       "ratio", po::value(&ratio), "fraction of experts kept per layer (instead of --keep)")(
-      "cluster", po::value(&cluster)->default_value("hc"), "kmeans (normalized mean outputs) | hc (output similarity)")(
+      "cluster", po::value(&cluster)->default_value("hc"), "kmeans (normalized mean outputs) | hc (output similarity) | dominant (M-SMoE: top-K frequent lead)")(
       "rank", po::value(&rank)->default_value(0), "subspace: rank kept per weight kind (0 = use --energy)")(
       "energy", po::value(&energy)->default_value(1.0), "subspace: fraction of σ² kept (1 = full rank = freq-average)")(
       "svd", po::value(&svd)->default_value("exact"), "subspace: exact | randomized (needs --rank)")(

@@ -17,11 +17,14 @@ namespace moec::merge {
 using model::Proj;
 static constexpr std::array<Proj, 3> kProjs{Proj::Gate, Proj::Up, Proj::Down};
 
-const char* to_string(ClusterAlgo c) { return c == ClusterAlgo::KMeans ? "kmeans" : "hc"; }
+const char* to_string(ClusterAlgo c) {
+  return c == ClusterAlgo::KMeans ? "kmeans" : c == ClusterAlgo::Hierarchical ? "hc" : "dominant";
+}
 ClusterAlgo cluster_algo_from_string(const std::string& s) {
   if (s == "kmeans") return ClusterAlgo::KMeans;
   if (s == "hc") return ClusterAlgo::Hierarchical;
-  fail("unknown clustering '", s, "' (expected kmeans or hc)");
+  if (s == "dominant") return ClusterAlgo::Dominant;
+  fail("unknown clustering '", s, "' (expected kmeans, hc or dominant)");
 }
 
 std::vector<LayerSignals> signals_from_profile(const profile::ProfileStats& stats, const model::ModelSpec& spec) {
@@ -50,6 +53,25 @@ LayerPlan plan_layer(const LayerSignals& sig, const PipelineOptions& opt) {
     for (int e = 0; e < E; ++e)
       if (float n = pts.row(e).norm(); n > 0) pts.row(e) /= n;
     clusters = kmeans(pts, opt.keep, opt.seed);
+  } else if (opt.cluster == ClusterAlgo::Dominant) {
+    if (sig.output_similarity.rows() != E || sig.output_similarity.cols() != E)
+      fail("merge: dominant grouping needs output_similarity [", E, " x ", E, "] in the statistics");
+    // Leaders: the keep most frequently selected experts (ties: lower id).
+    std::vector<int> order(static_cast<size_t>(E));
+    for (int e = 0; e < E; ++e) order[size_t(e)] = e;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return sig.frequency[size_t(a)] > sig.frequency[size_t(b)]; });
+    std::vector<int> leaders(order.begin(), order.begin() + opt.keep);
+    std::sort(leaders.begin(), leaders.end());
+    clusters.assign(leaders.size(), {});
+    for (int e = 0; e < E; ++e) {
+      size_t best = 0;
+      for (size_t c = 0; c < leaders.size(); ++c) {
+        if (leaders[c] == e) { best = c; break; }
+        if (sig.output_similarity(e, leaders[c]) > sig.output_similarity(e, leaders[best])) best = c;
+      }
+      clusters[best].push_back(e);
+    }
   } else {
     if (sig.output_similarity.rows() != E || sig.output_similarity.cols() != E)
       fail("merge: hc clustering needs output_similarity [", E, " x ", E, "] in the statistics");

@@ -20,9 +20,11 @@
 namespace moec::merge {
 
 enum class ClusterAlgo { KMeans /* Sub-MoE: k-means++ on normalized mean outputs */,
-                         Hierarchical /* HC-SMoE: average linkage on output similarity */ };
+                         Hierarchical /* HC-SMoE: average linkage on output similarity */,
+                         Dominant /* M-SMoE grouping: the K most frequent experts lead; every other expert
+                                     joins the leader whose outputs it is most similar to */ };
 const char* to_string(ClusterAlgo c);
-ClusterAlgo cluster_algo_from_string(const std::string& s);  // "kmeans" | "hc"
+ClusterAlgo cluster_algo_from_string(const std::string& s);  // "kmeans" | "hc" | "dominant"
 
 struct PipelineOptions {
   MergeMethod method = MergeMethod::Subspace;
