@@ -11,11 +11,6 @@
 #include "io/npy.h"
 #include "merge/apply.h"
 
-// The stats file reader lives on the profile stage's branch; until it is merged (profile/profile.h
-// appears with it), --stats is refused and statistics come from --calib (merge/apply.h).
-#if __has_include("profile/profile.h")
-#define MOEC_HAVE_STATS_READER 1
-#endif
 
 namespace moec::cli {
 
@@ -101,14 +96,10 @@ static int run_merge(int argc, char** argv) {
   std::vector<merge::LayerSignals> signals;
   const std::vector<merge::LayerSignals>* sig = nullptr;
   if (vm.count("stats")) {
-#ifdef MOEC_HAVE_STATS_READER
     auto stats = profile::read_stats_h5(stats_path);
     profile::check_stats_match(stats, spec, model_dir);
     signals = merge::signals_from_profile(stats, spec);
     sig = &signals;
-#else
-    fail("--stats: this build has no stats reader yet (profile stage not merged); use --calib FILE.npy");
-#endif
   }
   std::vector<int32_t> calib;
   if (vm.count("calib")) calib = io::read_tokens_npy(calib_path).ids;
@@ -131,12 +122,11 @@ static int run_merge(int argc, char** argv) {
     if (keep < spec.routing.top_k) fail("plan ", plan_in, ": ", keep, " clusters, below the router's top-k");
     if (vm.count("router")&& !vm["router"].defaulted()) given->router = po_.router;
   }
-  check_output_dir(out, model_dir, vm.count("force"));
-  merge::MergedCheckpointWriter writer(src, out);
+  merge::MergedCheckpointWriter writer(src, out, vm.count("force"));
   auto plan = merge::merge_model(src, po_, sig, given ? &*given : nullptr, calib,
                                  [&](int l, merge::MergedLayer&& m) { writer.add_layer(l, m); });
   writer.finish(keep, plan);
-  log_info("merge: wrote " + out + " (" + std::to_string(keep) + " experts per layer, plan in merge_plan.json)");
+  log_info("merge: wrote " + out + " (" + std::to_string(keep) + " experts per layer, plan in moec.json)");
   return 0;
 }
 

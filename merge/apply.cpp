@@ -10,6 +10,7 @@
 #include "core/files.h"
 #include "core/progress.h"
 #include "io/safetensors.h"
+#include "model/checkpoint_writer.h"
 #include "model/forward.h"
 
 namespace moec::merge {
@@ -295,25 +296,14 @@ MergePlan plan_model(const model::WeightSource& src, const PipelineOptions& opt,
 // ------------------------------------------------------------------------------------------- writer
 
 struct MergedCheckpointWriter::Impl {
-  io::SafetensorsWriter w;
-  std::set<std::string> written;
-  explicit Impl(const fs::path& dir) : w(dir) {}
+  model::CheckpointWriter w;
+  Impl(const fs::path& in, const fs::path& out, bool force) : w(in, out, {.force = force}) {}
 };
 
-MergedCheckpointWriter::MergedCheckpointWriter(const model::CheckpointSource& src, fs::path out_dir)
-    : src_(src), out_(std::move(out_dir)) {
-  tmp_ = out_;
-  tmp_ += ".moec-tmp";
-  fs::remove_all(tmp_);
-  fs::create_directories(tmp_);
-  impl_ = std::make_unique<Impl>(tmp_);
-}
+MergedCheckpointWriter::MergedCheckpointWriter(const model::CheckpointSource& src, fs::path out_dir, bool force)
+    : src_(src), impl_(std::make_unique<Impl>(src.path(), out_dir, force)) {}
 
-MergedCheckpointWriter::~MergedCheckpointWriter() {
-  impl_.reset();
-  std::error_code ec;
-  if (!tmp_.empty()) fs::remove_all(tmp_, ec);
-}
+MergedCheckpointWriter::~MergedCheckpointWriter() = default;
 
 static io::DType float_dtype(io::DType t) {
   return (t == io::DType::F32 || t == io::DType::F16 || t == io::DType::BF16) ? t : io::DType::BF16;
@@ -322,23 +312,17 @@ static io::DType float_dtype(io::DType t) {
 void MergedCheckpointWriter::add_layer(int l, const MergedLayer& m) {
   const auto& spec = src_.spec();
   const auto& store = src_.store();
-  const int64_t K = int64_t(m.experts.size());
-  for (int64_t k = 0; k < K; ++k)
-    for (Proj p : kProjs) {
-      const Matrix& mat = p == Proj::Gate ? m.experts[size_t(k)].gate : p == Proj::Up ? m.experts[size_t(k)].up
-                                                                                      : m.experts[size_t(k)].down;
-      const auto name = spec.expert(l, int(k), p);
-      impl_->w.add_f32(name, float_dtype(store.get(spec.expert(l, 0, p)).dtype), {mat.rows(), mat.cols()}, mat.data());
-      impl_->written.insert(name);
-    }
-  const auto rname = spec.router(l);
-  impl_->w.add_f32(rname, float_dtype(store.get(rname).dtype), {m.router.rows(), m.router.cols()}, m.router.data());
-  impl_->written.insert(rname);
+  for (size_t k = 0; k < m.experts.size(); ++k) {
+    const Expert& e = m.experts[k];
+    for (Proj p : kProjs)
+      impl_->w.add_matrix(spec.expert(l, int(k), p), float_dtype(store.get(spec.expert(l, 0, p)).dtype),
+                          p == Proj::Gate ? e.gate : p == Proj::Up ? e.up : e.down);
+  }
+  impl_->w.add_matrix(spec.router(l), float_dtype(store.get(spec.router(l)).dtype), m.router);
 }
 
 void MergedCheckpointWriter::finish(int keep, const MergePlan& plan) {
   const auto& spec = src_.spec();
-  const auto& store = src_.store();
   std::set<std::string> replaced;  // the source's routed experts and routers
   for (int l = 0; l < spec.num_layers; ++l) {
     if (!spec.moe_layer[size_t(l)]) continue;
@@ -346,28 +330,14 @@ void MergedCheckpointWriter::finish(int keep, const MergePlan& plan) {
     for (int e = 0; e < spec.routing.num_experts; ++e)
       for (Proj p : kProjs) replaced.insert(spec.expert(l, e, p));
   }
-  for (const auto& name : store.names()) {
-    if (replaced.count(name)) continue;
-    const auto& t = store.get(name);
-    impl_->w.add(name, t.dtype, t.shape, t.data, t.nbytes);
-    store.release(name);
-  }
+  for (const auto& name : src_.store().names())
+    if (!replaced.count(name)) impl_->w.copy(name);
+  impl_->w.config()[spec.experts_key()] = keep;
+  nlohmann::ordered_json prov;
+  prov["method"] = "merge";
+  prov["plan"] = plan_to_json(plan);
+  impl_->w.set_provenance(prov);
   impl_->w.finish();
-  nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(read_file(src_.path() / "config.json"));
-  cfg[spec.experts_key()] = keep;
-  write_file_atomic(tmp_ / "config.json", cfg.dump(2) + "\n");
-  write_file_atomic(tmp_ / "merge_plan.json", plan_to_json(plan).dump(2) + "\n");
-  // Small side files (tokenizer, generation config, ...) travel along.
-  for (const auto& ent : fs::directory_iterator(src_.path())) {
-    const auto fn = ent.path().filename().string();
-    if (!ent.is_regular_file() || fn == "config.json" || fn == "merge_plan.json" || fn.ends_with(".safetensors") ||
-        fn.ends_with(".safetensors.index.json"))
-      continue;
-    fs::copy_file(ent.path(), tmp_ / fn, fs::copy_options::overwrite_existing);
-  }
-  fs::remove_all(out_);
-  fs::rename(tmp_, out_);
-  tmp_.clear();
 }
 
 }  // namespace moec::merge

@@ -75,20 +75,18 @@ MergePlan merge_model(const model::WeightSource& src, const PipelineOptions& opt
 MergePlan plan_model(const model::WeightSource& src, const PipelineOptions& opt,
                      const std::vector<LayerSignals>* signals, const std::vector<int32_t>& calib);
 
-// Writes a Hugging Face checkpoint: every tensor of the source checkpoint except routed experts and
-// routers, plus the merged ones (renumbered 0..K-1, stored in the source experts' dtype), config.json
-// with the expert count set to K, and the other small files of the directory (tokenizer, ...).
-// Minimal stand-in for the shared model/checkpoint_writer.h (not yet available to this branch).
+// Writes a Hugging Face checkpoint through the shared model::CheckpointWriter: every tensor of the
+// source except routed experts and routers, plus the merged ones (renumbered 0..K-1, in the source
+// experts' dtype), config.json with the expert count set to K, the plan in moec.json ("plan").
 class MergedCheckpointWriter {
  public:
-  MergedCheckpointWriter(const model::CheckpointSource& src, std::filesystem::path out_dir);
+  MergedCheckpointWriter(const model::CheckpointSource& src, std::filesystem::path out_dir, bool force);
   ~MergedCheckpointWriter();
   void add_layer(int layer, const MergedLayer& m);
   void finish(int keep, const MergePlan& plan);
 
  private:
   const model::CheckpointSource& src_;
-  std::filesystem::path out_, tmp_;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

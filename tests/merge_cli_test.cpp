@@ -115,7 +115,7 @@ TEST(MergeCli, ReRunsAreByteIdenticalAndPlansRoundTrip) {
   auto r = test::run_cli(fx.base(args + " --plan-only -o " + (fx.dir / "plan.json").string()));
   ASSERT_EQ(r.code, 0) << r.err;
   auto planned = merge::plan_from_json(nlohmann::json::parse(read_file(fx.dir / "plan.json")));
-  auto applied = merge::plan_from_json(nlohmann::json::parse(read_file(fx.dir / "a" / "merge_plan.json")));
+  auto applied = merge::plan_from_json(nlohmann::json::parse(read_file(fx.dir / "a" / "moec.json"))["plan"]);
   ASSERT_EQ(planned.layers.size(), applied.layers.size());
   for (size_t l = 0; l < planned.layers.size(); ++l)
     for (size_t c = 0; c < planned.layers[l].clusters.size(); ++c) {
