@@ -1,0 +1,94 @@
+// Expert merging on a whole checkpoint: plan (clusters per layer from profile statistics) then apply
+// (merge each cluster into one expert, one router row per cluster) and write a Hugging Face checkpoint
+// with fewer dense experts. The math lives in merge/merge.h; this is the pipeline around it.
+//
+// Streaming: one decoder layer at a time. When calibration tokens are given, the layer's MoE input is
+// computed by the forward pass of the ORIGINAL model (earlier layers unmerged), the statistics the
+// method needs are collected from it, the layer is merged, and its merged experts go to the writer
+// before the next layer runs. Peak memory: one layer's experts + calibration activations.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "merge/merge.h"
+#include "model/source.h"
+#include "profile/stats.h"
+
+namespace moec::merge {
+
+enum class ClusterAlgo { KMeans /* Sub-MoE: k-means++ on normalized mean outputs */,
+                         Hierarchical /* HC-SMoE: average linkage on output similarity */,
+                         Dominant /* M-SMoE grouping: the K most frequent experts lead; every other expert
+                                     joins the leader whose outputs it is most similar to */ };
+const char* to_string(ClusterAlgo c);
+ClusterAlgo cluster_algo_from_string(const std::string& s);  // "kmeans" | "hc" | "dominant"
+
+struct PipelineOptions {
+  MergeMethod method = MergeMethod::Subspace;
+  int keep = 0;                       // experts (clusters) per layer after merging, 1..E
+  ClusterAlgo cluster = ClusterAlgo::Hierarchical;
+  SubspaceOptions subspace;           // rank / energy (Subspace only)
+  bool align = false;                 // Subspace: align neurons to the dominant member first
+  RouterMerge router = RouterMerge::Dominant;
+  bool whiten = false;                // Subspace: activation-aware whitening (needs calibration tokens)
+  uint64_t seed = 0;                  // k-means seed
+  int window = 256;                   // calibration sequence length
+  int64_t calib_tokens = 32768;       // first N calibration tokens used
+  int align_tokens = 2048;            // shared tokens for activation-based neuron alignment (M-SMoE)
+  int sample_tokens = 512;            // tokens sampled for output similarity when computing stats here
+  bool progress = true;
+};
+
+// Planning signals of one MoE layer: what profile::LayerStats provides.
+struct LayerSignals {
+  std::vector<double> frequency;  // E: selection counts (weights of the frequency-weighted merges, dominants)
+  Matrix output_mean;             // E x H: mean output per expert on sampled tokens (k-means features)
+  MatrixD output_similarity;      // E x E: mean cosine of expert outputs (agglomerative similarity)
+};
+
+// Signals from a stats file's "total" domain (after check_stats_match).
+std::vector<LayerSignals> signals_from_profile(const profile::ProfileStats& stats, const model::ModelSpec& spec);
+
+// The clusters of one layer (keep clusters) with dominants by frequency, as a plan layer.
+LayerPlan plan_layer(const LayerSignals& sig, const PipelineOptions& opt);
+
+// One merged MoE layer: K experts (cluster order of the plan) and the merged router [K x H].
+struct MergedLayer {
+  std::vector<Expert> experts;
+  Matrix router;
+};
+
+// Runs the pipeline. Exactly one of `signals` (plan from statistics) and `plan` (given) is used; with
+// neither, and calibration tokens present, the signals are computed from the calibration pass
+// (TEMPORARY stand-in for profile::read_stats_h5 until the profile stage lands). `calib` may be empty
+// unless whitening / activation alignment / stats collection needs it. `sink(l, layer)` receives each
+// merged layer in order. Returns the plan actually applied, ranks and energies filled in.
+MergePlan merge_model(const model::WeightSource& src, const PipelineOptions& opt,
+                      const std::vector<LayerSignals>* signals, const MergePlan* plan,
+                      const std::vector<int32_t>& calib,
+                      const std::function<void(int, MergedLayer&&)>& sink);
+
+// Only the plan (clusters, dominants; ranks/energies left at 0/1): no weights are merged.
+MergePlan plan_model(const model::WeightSource& src, const PipelineOptions& opt,
+                     const std::vector<LayerSignals>* signals, const std::vector<int32_t>& calib);
+
+// Writes a Hugging Face checkpoint through the shared model::CheckpointWriter: every tensor of the
+// source except routed experts and routers, plus the merged ones (renumbered 0..K-1, in the source
+// experts' dtype), config.json with the expert count set to K, the plan in moec.json ("plan").
+class MergedCheckpointWriter {
+ public:
+  MergedCheckpointWriter(const model::CheckpointSource& src, std::filesystem::path out_dir, bool force);
+  ~MergedCheckpointWriter();
+  void add_layer(int layer, const MergedLayer& m);
+  void finish(int keep, const MergePlan& plan);
+
+ private:
+  const model::CheckpointSource& src_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moec::merge
