@@ -72,6 +72,68 @@ profile::ProfileStats stats_from_tokens(const model::WeightSource& src, const fs
   return all;
 }
 
+// TEMPORARY: the statistics above as JSON, so several plans can share one statistics pass.
+void write_stats_json(const profile::ProfileStats& st, const fs::path& path) {
+  nlohmann::ordered_json j;
+  j["kind"] = "moec-prune-temporary-stats";
+  j["model_path"] = st.model_path;
+  j["model_type"] = st.model_type;
+  j["config_sha256"] = st.config_sha256;
+  j["num_layers"] = st.num_layers;
+  j["experts"] = st.experts;
+  j["top_k"] = st.top_k;
+  j["hidden"] = st.hidden;
+  for (const auto& d : st.domains) {
+    nlohmann::ordered_json dj;
+    dj["name"] = d.name;
+    dj["token_file"] = d.token_file;
+    dj["tokens"] = d.tokens;
+    for (const auto& L : d.layers)
+      dj["layers"].push_back({{"layer", L.layer}, {"experts", L.experts}, {"top_k", L.top_k}, {"tokens", L.tokens},
+                              {"selected", L.selected}, {"top1", L.top1}, {"gate_mass", L.gate_mass}, {"prob_sum", L.prob_sum},
+                              {"easyep", L.easyep}, {"reap_sum", L.reap_sum}, {"act_norm_sum", L.act_norm_sum}});
+    j["domains"].push_back(dj);
+  }
+  write_file_atomic(path, j.dump() + "\n");
+}
+
+profile::ProfileStats read_stats_json(const fs::path& path) {
+  auto j = nlohmann::json::parse(read_file(path), nullptr, false);
+  if (j.is_discarded() || j.value("kind", "") != "moec-prune-temporary-stats") fail(path.string(), ": not a moec prune statistics JSON");
+  profile::ProfileStats st;
+  try {
+    st.model_path = j["model_path"];
+    st.model_type = j["model_type"];
+    st.config_sha256 = j["config_sha256"];
+    st.num_layers = j["num_layers"];
+    st.experts = j["experts"];
+    st.top_k = j["top_k"];
+    st.hidden = j["hidden"];
+    for (const auto& dj : j["domains"]) {
+      profile::DomainStats d;
+      d.name = dj["name"];
+      d.token_file = dj["token_file"];
+      d.tokens = dj["tokens"];
+      for (const auto& lj : dj["layers"]) {
+        profile::LayerStats L;
+        L.layer = lj["layer"], L.experts = lj["experts"], L.top_k = lj["top_k"], L.tokens = lj["tokens"];
+        L.selected = lj["selected"].get<std::vector<int64_t>>();
+        L.top1 = lj["top1"].get<std::vector<int64_t>>();
+        L.gate_mass = lj["gate_mass"].get<std::vector<double>>();
+        L.prob_sum = lj["prob_sum"].get<std::vector<double>>();
+        L.easyep = lj["easyep"].get<std::vector<double>>();
+        L.reap_sum = lj["reap_sum"].get<std::vector<double>>();
+        L.act_norm_sum = lj["act_norm_sum"].get<std::vector<double>>();
+        d.layers.push_back(std::move(L));
+      }
+      st.domains.push_back(std::move(d));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(path.string(), ": malformed statistics JSON: ", e.what());
+  }
+  return st;
+}
+
 // Fraction of the calibration gate mass that lands on dropped experts, averaged over the domains.
 double dropped_mass(const profile::ProfileStats& st, const std::vector<std::string>& domains, size_t moe_index,
                     const std::vector<int>& keep) {
@@ -98,7 +160,10 @@ void print_plan(const prune::PrunePlan& p) {
   std::printf("%-6s %-28s %-18s %s\n", "layer", "kept experts", "dropped gate mass", "output error (calib)");
   for (const auto& l : p.layers) {
     std::string k;
-    for (int e : l.keep) k += (k.empty() ? "" : ",") + std::to_string(e);
+    for (int e : l.keep) {
+      if (!k.empty()) k += ',';
+      k += std::to_string(e);
+    }
     char m[32] = "-", o[32] = "-";
     if (std::isfinite(l.dropped_gate_mass)) std::snprintf(m, sizeof m, "%.4f", l.dropped_gate_mass);
     if (std::isfinite(l.output_error)) std::snprintf(o, sizeof o, "%.5f", l.output_error);
@@ -118,6 +183,7 @@ static int run_prune(int argc, char** argv) {
       "stats", po::value(&stats), "routing statistics (stats.h5 from `moec profile`)")(
       "stats-tokens", po::value(&stats_tokens)->multitoken(),
       "TEMPORARY until `moec profile` lands: compute the statistics here from .npy token file(s), one domain per file (named by its stem)")(
+      "save-stats", po::value<std::string>(), "TEMPORARY: with --stats-tokens, save the statistics as JSON (readable by --stats FILE.json)")(
       "stats-max-tokens", po::value(&stats_max_tokens)->default_value(-1), "with --stats-tokens: first N tokens of each file")(
       "method", po::value(&method)->default_value("frequency"),
       ("selection: " + prune::criterion_names()).c_str())("keep", po::value(&keep), "experts kept per MoE layer")(
@@ -173,10 +239,14 @@ static int run_prune(int argc, char** argv) {
   profile::ProfileStats st;
   bool have_stats = false;
   if (!stats.empty()) {
-    fail("--stats ", stats, ": reading stats.h5 needs `moec profile`, which is not merged into this build yet; use --stats-tokens FILE.npy");
+    if (fs::path(stats).extension() != ".json")
+      fail("--stats ", stats, ": reading stats.h5 needs `moec profile`, which is not merged into this build yet; use --stats-tokens FILE.npy");
+    st = read_stats_json(stats);  // TEMPORARY format (--save-stats)
+    have_stats = true;
   } else if (!stats_tokens.empty()) {
     st = stats_from_tokens(src, model_dir, stats_tokens, stats_max_tokens);
     have_stats = true;
+    if (vm.count("save-stats")) write_stats_json(st, vm["save-stats"].as<std::string>());
   }
   const std::string stats_name = stats.empty() ? (stats_tokens.empty() ? "" : stats_tokens.front()) : stats;
   if (have_stats) prune::check_stats_for_model(st, spec, sha, stats_name);

@@ -7,6 +7,7 @@
 //   reap         reap_sum[e] / selected[e]            (REAP: mean over routed tokens of g * ||e(x)||)
 //   easyep       easyep[e]                            (EASY-EP: sum_t s_t * g * ||e(x)||)
 //   ean          act_norm_sum[e] / selected[e]        (mean expert output norm over routed tokens)
+//   ean-sum      act_norm_sum[e]                      (the same norm accumulated: frequency-weighted)
 // and `reconstruct` picks the kept set minimising the MoE output error on calibration activations with
 // routing re-run over the kept experts (exhaustive when C(E, E') is small, else greedy backward
 // elimination), layer by layer, later layers seeing the already pruned earlier layers.
@@ -27,7 +28,7 @@
 namespace moec::prune {
 namespace fs = std::filesystem;
 
-enum class Criterion { Frequency, GateMass, Reap, EasyEp, Ean, Reconstruct };
+enum class Criterion { Frequency, GateMass, Reap, EasyEp, Ean, EanSum, Reconstruct };
 const char* criterion_name(Criterion c);           // "frequency", "gate-mass", ...
 Criterion parse_criterion(const std::string& s);   // fails listing the valid names
 std::string criterion_names();
