@@ -78,28 +78,37 @@ static void write_synthetic(const fs::path& dir, int layers) {
   w.finish();
 }
 
-// Evaluates in a child process; returns its peak RSS in MiB.
+// Evaluates in a fresh child process (this program re-executed: fork alone would inherit OpenMP and
+// OpenBLAS thread state, which is not fork-safe); returns the child's peak RSS in MiB.
 static double child_peak_rss_mib(const fs::path& dir, int tokens) {
   pid_t pid = fork();
   if (pid == 0) {
-    auto src = model::open_model(dir);
-    std::vector<int32_t> t(static_cast<size_t>(tokens));
-    for (int i = 0; i < tokens; ++i) t[size_t(i)] = (i * 37) % 256;
-    model::EvalOptions o;
-    o.progress = false;
-    model::evaluate(*src, t, o);
-    _exit(0);
+    std::string t = std::to_string(tokens);
+    execl("/proc/self/exe", "eval_bench", "--child", dir.c_str(), t.c_str(), (char*)nullptr);
+    _exit(127);
   }
   int st = 0;
   struct rusage ru {};
   wait4(pid, &st, 0, &ru);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) std::fprintf(stderr, "child evaluation of %s failed\n", dir.c_str());
   return ru.ru_maxrss / 1024.0;
+}
+
+static int child_main(const char* dir, int tokens) {
+  auto src = model::open_model(dir);
+  std::vector<int32_t> t(static_cast<size_t>(tokens));
+  for (int i = 0; i < tokens; ++i) t[size_t(i)] = (i * 37) % 256;
+  model::EvalOptions o;
+  o.progress = false;
+  model::evaluate(*src, t, o);
+  return 0;
 }
 
 int main(int argc, char** argv) {
   int tokens = 16384;
   std::vector<int> layer_counts = {2, 8, 32};
   bool json = false;
+  if (argc == 4 && !std::strcmp(argv[1], "--child")) return child_main(argv[2], std::atoi(argv[3]));
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json")) json = true;

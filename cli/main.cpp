@@ -6,6 +6,7 @@
 
 #include "cli/command.h"
 #include "core/error.h"
+#include "quantize/checkpoint.h"
 
 namespace moec::cli {
 std::vector<Command>& registry() {
@@ -25,6 +26,7 @@ static void usage(FILE* f) {
 }
 
 int main(int argc, char** argv) {
+  moec::quantize::register_packed_format();  // model::open_model reads packed moec checkpoints
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -29,7 +29,7 @@ struct SubbitDict;  // kernels/subbit.h
 // matrix with the same numbers.
 struct SubbitParams {
   uint8_t p0 = 0, pplus = 0, pminus = 0;
-  bool operator==(const SubbitParams&) const = default;
+  bool operator==(const SubbitParams& o) const { return p0 == o.p0 && pplus == o.pplus && pminus == o.pminus; }
 };
 
 struct PackOptions {

@@ -106,7 +106,7 @@ void matmul_ref(const PackedView& W, const float* X, int n, float* Y) {
 // --- dispatch ---
 
 namespace {
-constexpr int kRowChunk = 16;
+using detail::kRowChunk;
 
 template <class F>
 void for_row_chunks(const PackedView& W, double work, F&& f) {
@@ -114,7 +114,7 @@ void for_row_chunks(const PackedView& W, double work, F&& f) {
   const bool par = work > 2e5 && chunks > 1;
 #pragma omp parallel if (par)
   {
-    std::vector<uint64_t> scratch(size_t(W.blocks_per_row()) + 1);
+    std::vector<uint64_t> scratch(size_t(kRowChunk) * (size_t(W.blocks_per_row()) + 1));
 #pragma omp for schedule(static)
     for (int ch = 0; ch < chunks; ++ch)
       f(ch * kRowChunk, std::min(W.rows, (ch + 1) * kRowChunk), scratch.data());

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "kernels/blocks.h"
 #include "kernels/gemv_impl.h"
@@ -15,6 +16,8 @@
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #pragma GCC push_options
+// GCC 12 warns about _mm512_undefined_* inside its own intrinsics headers (a known false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,fma,bmi2")
 
 namespace moec::detail {
@@ -113,25 +116,70 @@ inline void set_group(Dec& dec, const PackedView& W, int r, int g) {
   else dec.group(W.scale(r, g), W.zero(r, g));
 }
 
+// Per-row fp32 copies of the row's scales and zeros (or negative scales), converted with F16C.
+struct RowParams {
+  std::vector<float> s, z;
+  void load(const PackedView& W, int r, bool tern) {
+    const int G = W.groups();
+    s.resize(size_t(G) + 16);
+    z.resize(size_t(G) + 16);
+    cvt(W.scales, r, G, s.data());
+    if (tern) {
+      if (W.neg_scales) cvt(W.neg_scales, r, G, z.data());
+      else std::copy_n(s.data(), G, z.data());
+    } else if (W.zeros) {
+      cvt(W.zeros, r, G, z.data());
+    } else {
+      std::fill_n(z.data(), G, float(1 << (W.bits - 1)));
+    }
+  }
+  static void cvt(const uint16_t* a, int r, int G, float* out) {
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(a) + 2 * size_t(r) * size_t(G);
+    for (int g = 0; g < G; g += 16) {
+      const __mmask16 m = G - g >= 16 ? __mmask16(0xffff) : __mmask16((1u << (G - g)) - 1);
+      _mm512_storeu_ps(out + g, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p + 2 * size_t(g))));
+    }
+  }
+};
+
 // NT tokens of one row. For NT <= 2 two blocks are kept in flight on separate accumulators (FMA latency).
 template <int NT, class Dec>
-void row_kernel(Dec& dec, const PackedView& W, const uint8_t* codes, int r, const float* Xp, size_t ldx, float* out) {
+void row_kernel(Dec& dec, const PackedView& W, const RowParams& rp, const uint8_t* codes, const float* Xp, size_t ldx,
+                int bs, int be, float* out) {
   constexpr int A = NT <= 2 ? 4 : 2;
   __m512 acc[NT][A];
+#pragma GCC unroll 8
   for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
     for (int a = 0; a < A; ++a) acc[t][a] = _mm512_setzero_ps();
-  const int bpr = W.blocks_per_row(), bpg = W.blocks_per_group(), G = W.groups();
-  for (int g = 0; g < G; ++g) {
-    set_group(dec, W, r, g);
-    const int b1 = std::min(bpr, (g + 1) * bpg);
-    for (int b = g * bpg; b < b1; ++b) {
+  const int bpg = W.blocks_per_group();
+  for (int g = bs / bpg; g * bpg < be; ++g) {
+    dec.group(rp.s[size_t(g)], rp.z[size_t(g)]);
+    const int b1 = std::min(be, (g + 1) * bpg);
+    int b = std::max(bs, g * bpg);
+    if constexpr (A == 4) {
+      for (; b + 1 < b1; b += 2) {
+        __m512 w0, w1, w2, w3;
+        dec.block(codes + size_t(b) * Dec::kBytes, w0, w1);
+        dec.block(codes + size_t(b + 1) * Dec::kBytes, w2, w3);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+          const float* x = Xp + size_t(t) * ldx + size_t(b) * 32;
+          acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[t][0]);
+          acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[t][1]);
+          acc[t][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(x + 32), acc[t][2]);
+          acc[t][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x + 48), acc[t][3]);
+        }
+      }
+    }
+    for (; b < b1; ++b) {
       __m512 w0, w1;
       dec.block(codes + size_t(b) * Dec::kBytes, w0, w1);
-      const int a = A == 4 ? (b & 1) * 2 : 0;
+#pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
         const float* x = Xp + size_t(t) * ldx + size_t(b) * 32;
-        acc[t][a] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[t][a]);
-        acc[t][a + 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[t][a + 1]);
+        acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[t][0]);
+        acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[t][1]);
       }
     }
   }
@@ -142,30 +190,48 @@ void row_kernel(Dec& dec, const PackedView& W, const uint8_t* codes, int r, cons
   }
 }
 
+// Rows [r0, r1) (at most kRowChunk) are processed together one column segment at a time, so that the segment of X
+// (all tokens) stays in L1 while it is reused for every row; per-row partial sums are added segment by segment in
+// a fixed order (independent of threads).
 template <class Dec>
 void rows_impl(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch) {
+  constexpr int kMaxRows = 16;
   Dec dec;
-  float out[8];
-  for (int r = r0; r < r1; ++r) {
-    const uint8_t* codes;
+  RowParams rp[kMaxRows];
+  const uint8_t* codes[kMaxRows];
+  const int nr = r1 - r0, bpr = W.blocks_per_row();
+  for (int i = 0; i < nr; ++i) {
+    const int r = r0 + i;
     if (W.codec == Codec::Subbit) {
-      subbit_decode_row(W, r, scratch);
-      codes = reinterpret_cast<const uint8_t*>(scratch);
+      uint64_t* buf = scratch + size_t(i) * (size_t(bpr) + 1);
+      subbit_decode_row(W, r, buf);
+      codes[i] = reinterpret_cast<const uint8_t*>(buf);
     } else {
-      codes = W.codes + size_t(r) * W.row_bytes();
+      codes[i] = W.codes + size_t(r) * W.row_bytes();
     }
-    for (int t0 = 0; t0 < n;) {
-      const int rem = n - t0;
-      const int nt = rem >= 8 ? 8 : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;
-      const float* X = Xp + size_t(t0) * ldx;
-      switch (nt) {
-        case 8: row_kernel<8>(dec, W, codes, r, X, ldx, out); break;
-        case 4: row_kernel<4>(dec, W, codes, r, X, ldx, out); break;
-        case 2: row_kernel<2>(dec, W, codes, r, X, ldx, out); break;
-        default: row_kernel<1>(dec, W, codes, r, X, ldx, out); break;
+    rp[i].load(W, r, codec_is_ternary(W.codec));
+  }
+  // Segment: ~32 KiB of X for all n tokens, at least 8 blocks.
+  const int seg = std::max(8, 8192 / (32 * n) * 1);
+  float out[8];
+  for (int i = 0; i < nr; ++i)
+    for (int t = 0; t < n; ++t) Y[size_t(t) * size_t(W.rows) + size_t(r0 + i)] = 0.0f;
+  for (int bs = 0; bs < bpr; bs += seg) {
+    const int be = std::min(bpr, bs + seg);
+    for (int i = 0; i < nr; ++i) {
+      for (int t0 = 0; t0 < n;) {
+        const int rem = n - t0;
+        const int nt = rem >= 8 ? 8 : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;
+        const float* X = Xp + size_t(t0) * ldx;
+        switch (nt) {
+          case 8: row_kernel<8>(dec, W, rp[i], codes[i], X, ldx, bs, be, out); break;
+          case 4: row_kernel<4>(dec, W, rp[i], codes[i], X, ldx, bs, be, out); break;
+          case 2: row_kernel<2>(dec, W, rp[i], codes[i], X, ldx, bs, be, out); break;
+          default: row_kernel<1>(dec, W, rp[i], codes[i], X, ldx, bs, be, out); break;
+        }
+        for (int t = 0; t < nt; ++t) Y[size_t(t0 + t) * size_t(W.rows) + size_t(r0 + i)] += out[t];
+        t0 += nt;
       }
-      for (int t = 0; t < nt; ++t) Y[size_t(t0 + t) * size_t(W.rows) + size_t(r)] = out[t];
-      t0 += nt;
     }
   }
 }

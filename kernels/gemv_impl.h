@@ -7,8 +7,10 @@
 
 namespace moec::detail {
 
+constexpr int kRowChunk = 16;
+
 // Rows [r0, r1) of Y[n, rows] = Xp[n, ldx] * W^T. Xp rows are zero-padded to ldx >= blocks_per_row()*32.
-// `scratch` holds blocks_per_row()+1 u64 (subbit row decode buffer).
+// `scratch` holds kRowChunk * (blocks_per_row()+1) u64 (subbit row decode buffers); r1 - r0 <= kRowChunk.
 void rows_avx2(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch);
 void rows_avx512(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch);
 void dequant_rows_avx2(const PackedView& W, float* out, int r0, int r1, uint64_t* scratch);

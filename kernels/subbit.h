@@ -50,16 +50,25 @@ inline int64_t subbit_decode_row(const PackedView& v, int r, uint64_t* buf) {
   std::memcpy(&e, v.row_offsets + r + 1, 4);
   const uint64_t* seq = v.dict->seq.data();
   const uint8_t* len = v.dict->len.data();
-  int64_t pos = 0;
+  // The word being filled stays in a register (no read-modify-write chain through memory): every step stores
+  // the current word and the overflow into the next one, and moves on when the sequence crossed the boundary.
+  int64_t pos = 0, w = 0;
+  uint64_t cur = 0;
   for (uint32_t i = b; i < e && pos < v.cols; ++i) {
     uint16_t cw;
     std::memcpy(&cw, v.codes + 2 * size_t(i), 2);
     const uint64_t s = seq[cw];
+    const unsigned L = len[cw];
     const unsigned sh = unsigned(pos & 31) * 2;
-    const int64_t w = pos >> 5;
-    buf[w] |= s << sh;
-    if (sh) buf[w + 1] |= s >> (64 - sh);
-    pos += len[cw];
+    const uint64_t lo = cur | (s << sh);
+    const uint64_t hi = (s >> 1) >> (63 - sh);  // bits of s that spill into word w + 1 (0 when sh = 0)
+    buf[w] = lo;
+    buf[w + 1] = hi;
+    const unsigned cross = (sh + 2 * L) >> 6;
+    const uint64_t keep = uint64_t(cross) - 1;  // all ones when still in word w (branch-free select)
+    cur = (lo & keep) | (hi & ~keep);
+    w += cross;
+    pos += L;
   }
   // Clear codes past the end of the row (the last codeword may run over; the next word is slack).
   const int tail = v.cols & 31;

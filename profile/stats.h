@@ -39,6 +39,8 @@ struct LayerStats {
   double entropy() const;                // mean routing entropy per token
   double load_cv() const;                // coefficient of variation of selection counts
   double load_max_over_mean() const;
+  double logit_mean(int e) const;        // logit_sum / tokens
+  double logit_std(int e) const;         // population std of the router logit over tokens
 };
 
 struct DomainStats {

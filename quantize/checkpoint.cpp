@@ -1,0 +1,278 @@
+#include "quantize/checkpoint.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string_view>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "kernels/gemv.h"
+#include "model/linear.h"
+
+namespace moec::quantize {
+
+// ---------------------------------------------------------------- PackedLinear
+
+std::shared_ptr<PackedLinear> PackedLinear::owning(PackedMatrix m) {
+  auto owner = std::make_shared<PackedMatrix>(std::move(m));
+  PackedView v = owner->view();
+  return std::make_shared<PackedLinear>(v, std::shared_ptr<const void>(owner, owner.get()));
+}
+
+PackedView row_slice(const PackedView& v, int r0, int n) {
+  if (r0 < 0 || n < 0 || r0 + n > v.rows) fail("row_slice: rows [", r0, ", ", r0 + n, ") outside 0..", v.rows);
+  PackedView s = v;
+  s.rows = n;
+  const size_t g = size_t(v.groups()) * size_t(r0);
+  s.scales = v.scales + g;
+  if (v.zeros) s.zeros = v.zeros + g;
+  if (v.neg_scales) s.neg_scales = v.neg_scales + g;
+  if (v.codec == Codec::Subbit) {
+    s.row_offsets = v.row_offsets + r0;  // offsets are absolute positions in the shared codeword stream
+  } else {
+    s.codes = v.codes + v.row_bytes() * size_t(r0);
+    s.codes_bytes = v.row_bytes() * size_t(n);
+  }
+  return s;
+}
+
+void PackedLinear::forward(const Matrix& X, Matrix& Y) const {
+  if (X.cols() != v_.cols) fail("PackedLinear: input has ", X.cols(), " columns, weight expects ", v_.cols);
+  const int64_t n = X.rows();
+  Y.resize(n, v_.rows);
+  if (n == 0) return;
+  if (n <= kMatmulRows) {
+    matmul(v_, X.data(), int(n), Y.data());
+    return;
+  }
+  // Large batch: decode a slab of output rows (<= ~1 MiB fp32) and GEMM it; Y's columns [r0, r0+m).
+  const int slab = std::max(1, std::min(v_.rows, int((size_t(1) << 18) / size_t(v_.cols))));
+  Matrix W(slab, v_.cols), part;
+  for (int r0 = 0; r0 < v_.rows; r0 += slab) {
+    const int m = std::min(slab, v_.rows - r0);
+    if (m != W.rows()) W.resize(m, v_.cols);
+    dequantize(row_slice(v_, r0, m), W.data());
+    if (m == v_.rows) {
+      model::gemm_nt(X, W, Y);
+    } else {
+      model::gemm_nt(X, W, part);
+      Y.middleCols(r0, m) = part;
+    }
+  }
+}
+
+Matrix PackedLinear::dense() const {
+  Matrix W(v_.rows, v_.cols);
+  dequantize(v_, W.data());
+  return W;
+}
+
+std::string tensor_sha256(const uint8_t* data, size_t n) {
+  return sha256_hex(std::string_view(reinterpret_cast<const char*>(data), n));
+}
+
+// ---------------------------------------------------------------- writer
+
+PackedCheckpointWriter::PackedCheckpointWriter(const fs::path& out_dir, const fs::path& source_dir,
+                                               nlohmann::ordered_json recipe, uint64_t max_shard_bytes)
+    : out_(out_dir), writer_((fs::create_directories(out_dir), out_dir), max_shard_bytes) {
+  const std::string config = read_file(source_dir / "config.json");
+  write_file_atomic(out_ / "config.json", config);
+  meta_["format"] = kPackedFormatName;
+  meta_["version"] = kPackedFormatVersion;
+  meta_["moec_version"] = MOEC_VERSION;
+  meta_["source"] = {{"path", fs::absolute(source_dir).lexically_normal().string()},
+                     {"config_sha256", sha256_hex(config)}};
+  meta_["recipe"] = std::move(recipe);
+  meta_["tensors"] = nlohmann::ordered_json::object();
+}
+
+void PackedCheckpointWriter::add_dense(const std::string& name, io::DType dtype, const std::vector<int64_t>& shape,
+                                       const void* data, size_t nbytes) {
+  if (added_.count(name)) fail(out_.string(), ": tensor '", name, "' added twice");
+  writer_.add(name, dtype, shape, data, nbytes);
+  added_[name] = true;
+}
+
+void PackedCheckpointWriter::add_packed(const std::string& name, const PackedMatrix& m, nlohmann::ordered_json info) {
+  if (added_.count(name)) fail(out_.string(), ": tensor '", name, "' added twice");
+  nlohmann::ordered_json t;
+  t["shape"] = {m.rows, m.cols};
+  t["codec"] = codec_meta(m);
+  t["bits_per_weight"] = bits_per_weight(m.view());
+  t["stored_bytes"] = stored_bytes(m.view());
+  nlohmann::ordered_json sha = nlohmann::ordered_json::object();
+  for (auto& [suffix, raw] : to_tensors(m)) {
+    writer_.add(name + "." + suffix, io::parse_dtype(raw.dtype, name + "." + suffix), raw.shape, raw.bytes.data(),
+                raw.bytes.size());
+    sha[suffix] = tensor_sha256(raw.bytes.data(), raw.bytes.size());
+  }
+  t["sha256"] = sha;
+  for (auto& [k, v] : info.items()) t[k] = v;
+  meta_["tensors"][name] = t;
+  added_[name] = true;
+}
+
+void PackedCheckpointWriter::add_remaining(const model::WeightSource& src) {
+  const auto& spec = src.spec();
+  auto* ckpt = dynamic_cast<const model::CheckpointSource*>(&src);
+  for (auto& t : model::expected_tensors(spec)) {
+    if (added_.count(t.name)) continue;
+    if (t.role == model::ExpectedTensor::Role::LmHead && spec.tie_embeddings) continue;
+    if (ckpt) {
+      const auto& info = ckpt->store().get(t.name);
+      add_dense(t.name, info.dtype, info.shape, info.data, info.nbytes);
+    } else {
+      Matrix m = src.matrix(t.name);
+      writer_.add_f32(t.name, io::DType::BF16, t.shape, m.data());
+      added_[t.name] = true;
+    }
+    src.release(t.name);
+  }
+}
+
+void PackedCheckpointWriter::finish() {
+  auto files = writer_.finish();
+  meta_["files"] = files;
+  write_file_atomic(out_ / kPackedMetaFile, meta_.dump(1) + "\n");
+}
+
+// ---------------------------------------------------------------- reader
+
+namespace {
+const nlohmann::json& field(const nlohmann::json& j, const char* key, const std::string& ctx) {
+  if (!j.is_object() || !j.contains(key)) fail(ctx, ": missing field '", key, "'");
+  return j.at(key);
+}
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+}  // namespace
+
+bool is_packed_checkpoint(const fs::path& dir) {
+  const fs::path p = dir / kPackedMetaFile;
+  if (!fs::is_regular_file(p)) return false;
+  try {
+    auto j = nlohmann::json::parse(read_file(p));
+    return j.is_object() && j.value("format", "") == kPackedFormatName;
+  } catch (const nlohmann::json::exception&) {
+    return true;  // claimed by name: let PackedSource report the parse error
+  }
+}
+
+PackedSource::PackedSource(const fs::path& dir) : dir_(dir) {
+  const std::string ctx = (dir / kPackedMetaFile).string();
+  try {
+    meta_ = nlohmann::json::parse(read_file(dir / kPackedMetaFile));
+  } catch (const nlohmann::json::exception& e) {
+    fail(ctx, ": not valid JSON: ", e.what());
+  }
+  if (field(meta_, "format", ctx) != kPackedFormatName)
+    fail(ctx, ": format '", field(meta_, "format", ctx).dump(), "' is not ", kPackedFormatName);
+  const auto& ver = field(meta_, "version", ctx);
+  if (!ver.is_number_integer() || ver.get<int>() != kPackedFormatVersion)
+    fail(ctx, ": format version ", ver.dump(), " is not supported (this moec reads version ", kPackedFormatVersion, ")");
+  spec_ = model::load_spec(dir);
+  store_ = std::make_shared<io::TensorStore>(io::TensorStore::open(dir));
+  const auto& tensors = field(meta_, "tensors", ctx);
+  if (!tensors.is_object()) fail(ctx, ": field 'tensors' must be an object");
+
+  std::map<std::string, std::vector<int64_t>> expected;
+  for (auto& t : model::expected_tensors(spec_)) expected[t.name] = t.shape;
+  for (auto& [name, t] : tensors.items()) {
+    const std::string tctx = ctx + ": tensor '" + name + "'";
+    auto it = expected.find(name);
+    if (it == expected.end()) fail(tctx, " is not a tensor of this model (config.json)");
+    const auto shape = field(t, "shape", tctx).get<std::vector<int64_t>>();
+    if (shape != it->second) fail(tctx, ": shape ", shape_str(shape), " but config.json implies ", shape_str(it->second));
+    auto e = std::make_unique<Entry>();
+    const auto& sha = field(t, "sha256", tctx);
+    try {
+      e->view = view_from_tensors(field(t, "codec", tctx), [&](const std::string& suffix) {
+        const std::string full = name + "." + suffix;
+        if (!store_->has(full)) fail("packed tensor '", full, "' is missing from the safetensors files");
+        const auto& info = store_->get(full);
+        e->suffixes.push_back(suffix);
+        if (!sha.contains(suffix)) fail("no sha256 recorded for '", full, "'");
+        e->sha[suffix] = sha.at(suffix).get<std::string>();
+        return RawTensorView{io::dtype_name(info.dtype), info.shape, info.data, info.nbytes};
+      });
+    } catch (const Error& err) {
+      fail(tctx, ": ", err.what());
+    }
+    if (int64_t(e->view.rows) != shape[0] || int64_t(e->view.cols) != shape[1])
+      fail(tctx, ": codec meta says ", e->view.rows, " x ", e->view.cols, " but shape is ", shape_str(shape));
+    packed_[name] = std::move(e);
+  }
+  for (auto& [name, shape] : expected) {
+    if (packed_.count(name)) continue;
+    if (name == spec_.lm_head() && spec_.tie_embeddings) continue;
+    if (!store_->has(name)) fail(dir.string(), ": tensor '", name, "' required by config.json is missing (neither dense nor packed)");
+    const auto& info = store_->get(name);
+    io::expect_shape(info, shape);
+    if (!io::dtype_is_float(info.dtype)) fail(info.file, ": tensor '", name, "' has dtype ", io::dtype_name(info.dtype), ", expected a float type");
+  }
+}
+
+void PackedSource::verify(const std::string& name, const Entry& e) const {
+  if (e.verified.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> lock(verify_mu_);
+  if (e.verified.load(std::memory_order_relaxed)) return;
+  for (auto& suffix : e.suffixes) {
+    const auto& info = store_->get(name + "." + suffix);
+    const std::string got = tensor_sha256(info.data, info.nbytes);
+    if (got != e.sha.at(suffix))
+      fail(info.file, ": checksum mismatch in packed tensor '", name, ".", suffix, "' (sha256 ", got, ", moec.json records ",
+           e.sha.at(suffix), "): the file is corrupt");
+  }
+  e.verified.store(true, std::memory_order_release);
+}
+
+void PackedSource::verify_all() const {
+  for (auto& [name, e] : packed_) verify(name, *e);
+}
+
+const PackedView& PackedSource::packed(const std::string& name) const {
+  auto it = packed_.find(name);
+  if (it == packed_.end()) fail(dir_.string(), ": tensor '", name, "' is not packed");
+  verify(name, *it->second);
+  return it->second->view;
+}
+
+Matrix PackedSource::matrix(const std::string& name) const {
+  if (packed_.count(name)) {
+    const PackedView& v = packed(name);
+    Matrix W(v.rows, v.cols);
+    dequantize(v, W.data());
+    return W;
+  }
+  return io::to_matrix(store_->get(name));
+}
+
+std::shared_ptr<const model::Linear> PackedSource::linear(const std::string& name) const {
+  if (packed_.count(name)) return std::make_shared<PackedLinear>(packed(name), store_);
+  return std::make_shared<model::DenseLinear>(matrix(name));
+}
+
+void PackedSource::release(const std::string& name) const {
+  auto it = packed_.find(name);
+  if (it == packed_.end()) {
+    store_->release(name);
+    return;
+  }
+  for (auto& suffix : it->second->suffixes) store_->release(name + "." + suffix);
+}
+
+void register_packed_format() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    model::register_model_opener([](const fs::path& dir) -> std::unique_ptr<model::WeightSource> {
+      if (!is_packed_checkpoint(dir)) return nullptr;
+      return std::make_unique<PackedSource>(dir);
+    });
+  });
+}
+
+}  // namespace moec::quantize
