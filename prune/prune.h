@@ -148,12 +148,4 @@ struct ApplyOptions {
 // and correction biases sliced, kept experts renumbered, config updated, plan recorded in moec.json.
 void apply_plan(const PrunePlan& plan, const fs::path& model_dir, const fs::path& out, const ApplyOptions& opt);
 
-// -------------------------------------------------------------------- temporary: statistics pass
-// TEMPORARY (until `moec profile` lands on main): the routing statistics the criteria need
-// (tokens, selected, top1, gate_mass, prob_sum, reap_sum, act_norm_sum, easyep; same definitions as
-// profile/stats.h) computed by one forward pass over `tokens` with model::ForwardHooks.
-profile::ProfileStats collect_stats(const model::WeightSource& src, const fs::path& model_dir,
-                                    const std::vector<int32_t>& tokens, const std::string& domain, int window,
-                                    int64_t max_tokens);
-
 }  // namespace moec::prune

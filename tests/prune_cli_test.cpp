@@ -28,9 +28,10 @@ struct Fixture {
 
 TEST(PruneCli, PlanApplyEvalAgreesWithReferenceEvaluator) {
   Fixture f;
-  const std::string stats = (f.dir / "stats.json").string(), plan = (f.dir / "plan.json").string(), out = (f.dir / "out").string();
-  auto r = test::run_cli("prune " + f.model + " --stats-tokens " + f.calib + " --stats-max-tokens 1024 --save-stats " + stats +
-                         " --method easyep --keep 6 --plan-only -o " + plan + " -q");
+  const std::string stats = (f.dir / "stats.h5").string(), plan = (f.dir / "plan.json").string(), out = (f.dir / "out").string();
+  auto r = test::run_cli("profile " + f.model + " --calib " + f.calib + " --max-tokens 1024 --sample-tokens 8 -o " + stats + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = test::run_cli("prune " + f.model + " --stats " + stats + " --domain python_calib --method easyep --keep 6 --plan-only -o " + plan + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
   auto j = nlohmann::json::parse(read_file(plan));
   ASSERT_EQ(j["layers"].size(), 4u);
@@ -87,14 +88,22 @@ TEST(PruneCli, ErrorsAreClear) {
   EXPECT_NE(r.err.find("unknown pruning method 'freq'"), std::string::npos) << r.err;
 
   // Statistics made from another model.
-  test::write_model_dir(test::make_tiny_model("mixtral", 3, {{"vocab_size", 256}}), other / "m");
+  // (tiny-mixtral's weights with a different config.json: same shapes, another model.)
+  fs::create_directories(other / "m");
+  fs::copy_file(fs::path(f.model) / "model.safetensors", other / "m" / "model.safetensors");
+  auto cfg = nlohmann::json::parse(read_file(fs::path(f.model) / "config.json"));
+  cfg["rope_theta"] = 5000.0;
+  write_file_atomic(other / "m" / "config.json", cfg.dump(2));
   io::write_tokens_npy(other / "t.npy", std::vector<int32_t>(512, 65));
-  r = test::run_cli("prune " + (other / "m").string() + " --stats-tokens " + (other / "t.npy").string() + " --save-stats " +
-                    (other / "s.json").string() + " --method frequency --keep 3 --plan-only -o " + (other / "p.json").string() + " -q");
+  r = test::run_cli("profile " + (other / "m").string() + " --calib " + (other / "t.npy").string() + " --sample-tokens 4 -o " +
+                    (other / "s.h5").string() + " -q");
   ASSERT_EQ(r.code, 0) << r.err;
-  r = test::run_cli("prune " + f.model + " --stats " + (other / "s.json").string() + " --method frequency --keep 4 -o " + (f.dir / "y").string());
+  r = test::run_cli("prune " + (other / "m").string() + " --stats " + (other / "s.h5").string() +
+                    " --method frequency --keep 4 --plan-only -o " + (other / "p.json").string() + " -q");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = test::run_cli("prune " + f.model + " --stats " + (other / "s.h5").string() + " --method frequency --keep 4 -o " + (f.dir / "y").string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.err.find("statistics were made from another model"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("from another model"), std::string::npos) << r.err;
   // A plan for another model.
   r = test::run_cli("prune " + f.model + " --plan " + (other / "p.json").string() + " -o " + (f.dir / "y").string());
   EXPECT_EQ(r.code, 1);
