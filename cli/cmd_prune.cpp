@@ -9,6 +9,7 @@
 #include "core/files.h"
 #include "core/progress.h"
 #include "io/npy.h"
+#include "profile/stats.h"
 #include "model/source.h"
 #include "prune/prune.h"
 
@@ -31,57 +32,12 @@ uint64_t parse_size(const std::string& s) {
   return uint64_t(v * mult);
 }
 
-// TEMPORARY (until `moec profile` is on main): statistics computed here, one domain per token file
-// (named by the file stem) plus their sum as "total".
-profile::ProfileStats stats_from_tokens(const model::WeightSource& src, const fs::path& model_dir,
-                                        const std::vector<std::string>& files, int64_t max_tokens) {
-  profile::ProfileStats all;
-  std::vector<profile::DomainStats> domains;
-  for (const auto& f : files) {
-    auto toks = io::read_tokens_npy(f);
-    std::string name = fs::path(f).stem().string();
-    if (name == "total") name = "total_file";
-    log_info("statistics on " + f + " (domain '" + name + "')");
-    auto st = prune::collect_stats(src, model_dir, toks.ids, name, 256, max_tokens);
-    domains.push_back(st.domains.front());
-    domains.back().token_file = f;
-    all = st;
-  }
-  profile::DomainStats total = domains.front();
-  total.name = "total";
-  total.token_file.clear();
-  for (size_t d = 1; d < domains.size(); ++d) {
-    total.tokens += domains[d].tokens;
-    for (size_t l = 0; l < total.layers.size(); ++l) {
-      auto& T = total.layers[l];
-      const auto& D = domains[d].layers[l];
-      T.tokens += D.tokens;
-      for (size_t e = 0; e < T.selected.size(); ++e) {
-        T.selected[e] += D.selected[e];
-        T.top1[e] += D.top1[e];
-        T.gate_mass[e] += D.gate_mass[e];
-        T.prob_sum[e] += D.prob_sum[e];
-        T.easyep[e] += D.easyep[e];
-        T.reap_sum[e] += D.reap_sum[e];
-        T.act_norm_sum[e] += D.act_norm_sum[e];
-      }
-    }
-  }
-  domains.push_back(total);
-  all.domains = domains;
-  return all;
-}
-
 // Fraction of the calibration gate mass that lands on dropped experts, averaged over the domains.
 double dropped_mass(const profile::ProfileStats& st, const std::vector<std::string>& domains, size_t moe_index,
                     const std::vector<int>& keep) {
   double acc = 0;
   for (const auto& dn : domains) {
-    const profile::DomainStats* d = nullptr;
-    for (const auto& x : st.domains)
-      if (x.name == dn) d = &x;
-    if (!d) fail("stats have no domain '", dn, "'");
-    const auto& L = d->layers[moe_index];
+    const auto& L = st.domain(dn).layers[moe_index];
     double tot = 0, kept = 0;
     for (size_t e = 0; e < L.gate_mass.size(); ++e) {
       tot += L.gate_mass[e];
@@ -98,7 +54,10 @@ void print_plan(const prune::PrunePlan& p) {
   std::printf("%-6s %-28s %-18s %s\n", "layer", "kept experts", "dropped gate mass", "output error (calib)");
   for (const auto& l : p.layers) {
     std::string k;
-    for (int e : l.keep) k += (k.empty() ? "" : ",") + std::to_string(e);
+    for (int e : l.keep) {
+      if (!k.empty()) k += ',';
+      k += std::to_string(e);
+    }
     char m[32] = "-", o[32] = "-";
     if (std::isfinite(l.dropped_gate_mass)) std::snprintf(m, sizeof m, "%.4f", l.dropped_gate_mass);
     if (std::isfinite(l.output_error)) std::snprintf(o, sizeof o, "%.5f", l.output_error);
@@ -110,15 +69,12 @@ void print_plan(const prune::PrunePlan& p) {
 static int run_prune(int argc, char** argv) {
   po::options_description opts("options");
   std::string model_dir, method = "frequency", per_layer = "uniform", output, plan_in, save_plan, calib, stats, shard = "4GiB";
-  std::vector<std::string> domains, stats_tokens;
+  std::vector<std::string> domains;
   int keep = 0;
   double ratio = 0;
-  int64_t calib_tokens = 16384, stats_max_tokens = -1;
+  int64_t calib_tokens = 16384;
   opts.add_options()("model", po::value(&model_dir)->required(), "Hugging Face model directory")(
       "stats", po::value(&stats), "routing statistics (stats.h5 from `moec profile`)")(
-      "stats-tokens", po::value(&stats_tokens)->multitoken(),
-      "TEMPORARY until `moec profile` lands: compute the statistics here from .npy token file(s), one domain per file (named by its stem)")(
-      "stats-max-tokens", po::value(&stats_max_tokens)->default_value(-1), "with --stats-tokens: first N tokens of each file")(
       "method", po::value(&method)->default_value("frequency"),
       ("selection: " + prune::criterion_names()).c_str())("keep", po::value(&keep), "experts kept per MoE layer")(
       "ratio", po::value(&ratio), "fraction of experts pruned per layer (0.25: 8 -> 6)")(
@@ -168,18 +124,13 @@ static int run_prune(int argc, char** argv) {
   if (!plan_only && per_layer == "adaptive")
     fail("--per-layer adaptive gives a different expert count per layer, which a Hugging Face checkpoint cannot hold "
          "(transformers, vLLM and llama.cpp need one count); use it with --plan-only, or use --per-layer uniform");
-  if (!stats.empty() && !stats_tokens.empty()) fail("give --stats or --stats-tokens, not both");
-
   profile::ProfileStats st;
-  bool have_stats = false;
-  if (!stats.empty()) {
-    fail("--stats ", stats, ": reading stats.h5 needs `moec profile`, which is not merged into this build yet; use --stats-tokens FILE.npy");
-  } else if (!stats_tokens.empty()) {
-    st = stats_from_tokens(src, model_dir, stats_tokens, stats_max_tokens);
-    have_stats = true;
+  const bool have_stats = !stats.empty();
+  if (have_stats) {
+    st = profile::read_stats_h5(stats);
+    profile::check_stats_match(st, spec, model_dir);
+    prune::check_stats_for_model(st, spec, sha, stats);
   }
-  const std::string stats_name = stats.empty() ? (stats_tokens.empty() ? "" : stats_tokens.front()) : stats;
-  if (have_stats) prune::check_stats_for_model(st, spec, sha, stats_name);
   if (domains.empty()) domains = {"total"};
 
   prune::PrunePlan plan;
@@ -191,7 +142,7 @@ static int run_prune(int argc, char** argv) {
   plan.num_layers = spec.num_layers;
   plan.num_experts = spec.routing.num_experts;
   plan.top_k = spec.routing.top_k;
-  plan.stats_file = stats_name;
+  plan.stats_file = stats;
   plan.calib_file = calib;
   plan.sequential = !vm.count("original-activations");
 
@@ -214,7 +165,7 @@ static int run_prune(int argc, char** argv) {
     cr = prune::reconstruct(src, calib_ids, co);
     kept = cr.keep;
   } else {
-    if (!have_stats) fail("--method ", method, " scores experts from routing statistics: give --stats stats.h5 (or --stats-tokens FILE.npy)");
+    if (!have_stats) fail("--method ", method, " scores experts from routing statistics: give --stats stats.h5 (from `moec profile`)");
     scores = prune::layer_scores(st, crit, domains);
     kept = per_layer == "uniform" ? prune::select_uniform(scores, K)
                                   : prune::select_adaptive(scores, K, std::min(spec.routing.top_k, spec.routing.num_experts));

@@ -14,7 +14,8 @@ struct Name {
 };
 constexpr Name kNames[] = {{Criterion::Frequency, "frequency"}, {Criterion::GateMass, "gate-mass"},
                            {Criterion::Reap, "reap"},           {Criterion::EasyEp, "easyep"},
-                           {Criterion::Ean, "ean"},             {Criterion::Reconstruct, "reconstruct"}};
+                           {Criterion::Ean, "ean"},             {Criterion::EanSum, "ean-sum"},
+                           {Criterion::Reconstruct, "reconstruct"}};
 
 // Sorted indices of the `keep` largest scores (ties: lower index first), returned ascending.
 std::vector<int> top_indices(const std::vector<double>& s, int keep) {
@@ -65,6 +66,7 @@ std::vector<double> expert_scores(const profile::LayerStats& ls, Criterion c) {
     case Criterion::EasyEp: need(ls.easyep, "easyep"), s = ls.easyep; break;
     case Criterion::Reap: per_routed(ls.reap_sum, "reap_sum"); break;
     case Criterion::Ean: per_routed(ls.act_norm_sum, "act_norm_sum"); break;
+    case Criterion::EanSum: need(ls.act_norm_sum, "act_norm_sum"), s = ls.act_norm_sum; break;
     case Criterion::Reconstruct: fail("the reconstruct method has no per-expert score (it searches kept sets directly)");
   }
   for (int e = 0; e < E; ++e)

@@ -7,6 +7,7 @@
 //   reap         reap_sum[e] / selected[e]            (REAP: mean over routed tokens of g * ||e(x)||)
 //   easyep       easyep[e]                            (EASY-EP: sum_t s_t * g * ||e(x)||)
 //   ean          act_norm_sum[e] / selected[e]        (mean expert output norm over routed tokens)
+//   ean-sum      act_norm_sum[e]                      (the same norm accumulated: frequency-weighted)
 // and `reconstruct` picks the kept set minimising the MoE output error on calibration activations with
 // routing re-run over the kept experts (exhaustive when C(E, E') is small, else greedy backward
 // elimination), layer by layer, later layers seeing the already pruned earlier layers.
@@ -27,7 +28,7 @@
 namespace moec::prune {
 namespace fs = std::filesystem;
 
-enum class Criterion { Frequency, GateMass, Reap, EasyEp, Ean, Reconstruct };
+enum class Criterion { Frequency, GateMass, Reap, EasyEp, Ean, EanSum, Reconstruct };
 const char* criterion_name(Criterion c);           // "frequency", "gate-mass", ...
 Criterion parse_criterion(const std::string& s);   // fails listing the valid names
 std::string criterion_names();
@@ -146,13 +147,5 @@ struct ApplyOptions {
 // Writes the pruned checkpoint (model/checkpoint_writer.h): tensors in their stored dtype, router rows
 // and correction biases sliced, kept experts renumbered, config updated, plan recorded in moec.json.
 void apply_plan(const PrunePlan& plan, const fs::path& model_dir, const fs::path& out, const ApplyOptions& opt);
-
-// -------------------------------------------------------------------- temporary: statistics pass
-// TEMPORARY (until `moec profile` lands on main): the routing statistics the criteria need
-// (tokens, selected, top1, gate_mass, prob_sum, reap_sum, act_norm_sum, easyep; same definitions as
-// profile/stats.h) computed by one forward pass over `tokens` with model::ForwardHooks.
-profile::ProfileStats collect_stats(const model::WeightSource& src, const fs::path& model_dir,
-                                    const std::vector<int32_t>& tokens, const std::string& domain, int window,
-                                    int64_t max_tokens);
 
 }  // namespace moec::prune
