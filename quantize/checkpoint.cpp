@@ -87,6 +87,10 @@ PackedCheckpointWriter::PackedCheckpointWriter(const fs::path& out_dir, const fs
   meta_["tensors"] = nlohmann::ordered_json::object();
 }
 
+void PackedCheckpointWriter::replace_config(const std::string& config_json) {
+  write_file_atomic(out_ / "config.json", config_json);
+}
+
 void PackedCheckpointWriter::add_dense(const std::string& name, io::DType dtype, const std::vector<int64_t>& shape,
                                        const void* data, size_t nbytes) {
   if (added_.count(name)) fail(out_.string(), ": tensor '", name, "' added twice");

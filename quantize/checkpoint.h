@@ -67,6 +67,8 @@ class PackedCheckpointWriter {
   // Copies every tensor of `src` not added yet in its stored form (CheckpointSource: raw bytes; otherwise
   // fp32 -> BF16), in model::expected_tensors order.
   void add_remaining(const model::WeightSource& src);
+  // Replaces config.json (e.g. a pruned model's config: fewer experts); provenance keeps the source's hash.
+  void replace_config(const std::string& config_json);
   void finish();
   bool added(const std::string& name) const { return added_.count(name) > 0; }
 

@@ -1,0 +1,171 @@
+#include <set>
+#include <sstream>
+
+#include "compress/compress.h"
+#include "core/error.h"
+#include "core/files.h"
+#include "prune/prune.h"
+#include "quantize/quantize.h"
+
+namespace moec::compress {
+
+namespace {
+const std::set<std::string> kPruneParams = {"keep", "ratio"};
+const std::set<std::string> kQuantParams = {"bits", "group", "sym", "scale", "subbit", "damp", "act_order", "budget"};
+
+std::string join(const std::set<std::string>& s) {
+  std::string r;
+  for (auto& x : s) r += (r.empty() ? "" : ", ") + x;
+  return r;
+}
+
+void validate_stage(const Stage& st) {
+  if (st.stage == "prune") {
+    if (st.method == "reconstruct")
+      fail("recipe: prune:reconstruct is available in `moec prune`; recipes take the statistics criteria (",
+           prune::criterion_names(), ")");
+    prune::parse_criterion(st.method);  // fails listing the names
+    for (auto& [k, v] : st.params)
+      if (!kPruneParams.count(k)) fail("recipe: prune parameter '", k, "' is unknown (allowed: ", join(kPruneParams), ")");
+    if (st.params.count("keep") == st.params.count("ratio"))
+      fail("recipe: prune needs exactly one of keep=K (experts kept per layer) or ratio=R (fraction removed)");
+    try {
+      if (st.params.count("keep") && std::stoi(st.params.at("keep")) < 1) throw std::invalid_argument("");
+      if (st.params.count("ratio")) {
+        double r = std::stod(st.params.at("ratio"));
+        if (!(r > 0 && r < 1)) throw std::invalid_argument("");
+      }
+    } catch (const std::exception&) {
+      fail("recipe: prune keep must be a positive integer and ratio a fraction in (0, 1)");
+    }
+  } else if (st.stage == "quant") {
+    if (st.method != "gptq" && st.method != "rtn" && st.method != "mixed")
+      fail("recipe: quant method '", st.method, "' is unknown (allowed: gptq, rtn, mixed)");
+    for (auto& [k, v] : st.params)
+      if (!kQuantParams.count(k)) fail("recipe: quant parameter '", k, "' is unknown (allowed: ", join(kQuantParams), ")");
+    if (st.method == "mixed") {
+      if (!st.params.count("budget")) fail("recipe: quant:mixed needs budget=BITS (bits per expert weight, e.g. budget=2.5)");
+      try {
+        if (!(std::stod(st.params.at("budget")) > 0)) throw std::invalid_argument("");
+      } catch (const std::exception&) {
+        fail("recipe: quant:mixed budget must be a positive number of bits per weight");
+      }
+    } else {
+      if (st.params.count("budget")) fail("recipe: budget= belongs to quant:mixed");
+      if (!st.params.count("bits")) fail("recipe: quant:", st.method, " needs bits=2|3|4|8|ternary");
+      const std::string& b = st.params.at("bits");
+      if (b != "2" && b != "3" && b != "4" && b != "8" && b != "ternary")
+        fail("recipe: bits=", b, " is not allowed (2, 3, 4, 8 or ternary)");
+      if (st.params.count("subbit") && b != "ternary") fail("recipe: subbit codes ternary weights: use bits=ternary");
+      if (st.params.count("scale") && b != "ternary") fail("recipe: scale= (absmean|minmax|opt) applies to bits=ternary");
+    }
+  } else if (st.stage == "merge") {
+    fail("recipe: merge stages are not available in recipes yet: run `moec merge` and then `moec compress` on its output");
+  } else {
+    fail("recipe: unknown stage '", st.stage, "' (allowed: prune, quant)");
+  }
+}
+
+void validate(const Recipe& r) {
+  if (r.stages.empty()) fail("recipe: no stage given (", recipe_help(), ")");
+  std::set<std::string> seen;
+  for (size_t i = 0; i < r.stages.size(); ++i) {
+    const auto& st = r.stages[i];
+    validate_stage(st);
+    if (seen.count(st.stage)) fail("recipe: stage '", st.stage, "' appears twice");
+    if (st.stage == "prune" && seen.count("quant")) fail("recipe: prune must come before quant (experts are selected on the original weights)");
+    seen.insert(st.stage);
+  }
+}
+}  // namespace
+
+const Stage* Recipe::find(const std::string& stage) const {
+  for (auto& s : stages)
+    if (s.stage == stage) return &s;
+  return nullptr;
+}
+
+std::string Recipe::str() const {
+  std::string s;
+  for (auto& st : stages) {
+    if (!s.empty()) s += ",";
+    s += st.stage + ":" + st.method;
+    for (auto& [k, v] : st.params) s += ":" + (v == "1" && (k == "subbit" || k == "sym" || k == "act_order") ? k : k + "=" + v);
+  }
+  return s;
+}
+
+nlohmann::ordered_json Recipe::to_json() const {
+  nlohmann::ordered_json j;
+  j["recipe"] = str();
+  j["stages"] = nlohmann::ordered_json::array();
+  for (auto& st : stages) {
+    nlohmann::ordered_json o;
+    o["stage"] = st.stage;
+    o["method"] = st.method;
+    for (auto& [k, v] : st.params) o[k] = v;
+    j["stages"].push_back(o);
+  }
+  return j;
+}
+
+Recipe recipe_from_json(const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("stages") || !j["stages"].is_array())
+    fail("recipe JSON: expected {\"stages\": [{\"stage\": ..., \"method\": ..., ...}]}");
+  Recipe r;
+  for (auto& o : j["stages"]) {
+    if (!o.is_object() || !o.contains("stage") || !o.contains("method")) fail("recipe JSON: every stage needs \"stage\" and \"method\"");
+    Stage st;
+    st.stage = o["stage"].get<std::string>();
+    st.method = o["method"].get<std::string>();
+    for (auto it = o.begin(); it != o.end(); ++it) {
+      if (it.key() == "stage" || it.key() == "method") continue;
+      st.params[it.key()] = it->is_string() ? it->get<std::string>() : it->is_boolean() ? (it->get<bool>() ? "1" : "0") : it->dump();
+    }
+    r.stages.push_back(st);
+  }
+  validate(r);
+  return r;
+}
+
+Recipe parse_recipe(const std::string& text) {
+  std::string t = text;
+  if (!t.empty() && t.front() != '{' && t.size() > 5 && t.substr(t.size() - 5) == ".json") {
+    if (!fs::exists(t)) fail("recipe file ", t, " does not exist");
+    t = read_file(t);
+  }
+  if (!t.empty() && t.front() == '{') {
+    try {
+      return recipe_from_json(nlohmann::json::parse(t));
+    } catch (const nlohmann::json::exception& e) {
+      fail("recipe JSON: ", e.what());
+    }
+  }
+  Recipe r;
+  std::stringstream ss(t);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    std::stringstream ps(part);
+    std::string tok;
+    std::vector<std::string> toks;
+    while (std::getline(ps, tok, ':')) toks.push_back(tok);
+    if (toks.size() < 2) fail("recipe: '", part, "' must be STAGE:METHOD[:key=value...] (", recipe_help(), ")");
+    Stage st{toks[0], toks[1], {}};
+    for (size_t i = 2; i < toks.size(); ++i) {
+      auto eq = toks[i].find('=');
+      if (eq == std::string::npos) st.params[toks[i]] = "1";
+      else st.params[toks[i].substr(0, eq)] = toks[i].substr(eq + 1);
+    }
+    r.stages.push_back(st);
+  }
+  validate(r);
+  return r;
+}
+
+std::string recipe_help() {
+  return "stages separated by ',': prune:CRITERION:keep=K|ratio=R (criteria: " + prune::criterion_names() +
+         "), quant:gptq|rtn:bits=2|3|4|8|ternary[:group=N][:sym][:scale=absmean|minmax|opt][:subbit][:damp=D][:act_order], "
+         "quant:mixed:budget=BITS[:group=N]";
+}
+
+}  // namespace moec::compress
