@@ -16,7 +16,9 @@
 #include <random>
 #include <sstream>
 
+#include "compress/compress.h"
 #include "core/files.h"
+#include "core/progress.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "model/forward.h"
@@ -80,11 +82,11 @@ static void write_synthetic(const fs::path& dir, int layers) {
 
 // Evaluates in a fresh child process (this program re-executed: fork alone would inherit OpenMP and
 // OpenBLAS thread state, which is not fork-safe); returns the child's peak RSS in MiB.
-static double child_peak_rss_mib(const fs::path& dir, int tokens) {
+static double child_peak_rss_mib(const fs::path& dir, int tokens, const char* mode = "--child") {
   pid_t pid = fork();
   if (pid == 0) {
     std::string t = std::to_string(tokens);
-    execl("/proc/self/exe", "eval_bench", "--child", dir.c_str(), t.c_str(), (char*)nullptr);
+    execl("/proc/self/exe", "eval_bench", mode, dir.c_str(), t.c_str(), (char*)nullptr);
     _exit(127);
   }
   int st = 0;
@@ -92,6 +94,24 @@ static double child_peak_rss_mib(const fs::path& dir, int tokens) {
   wait4(pid, &st, 0, &ru);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) std::fprintf(stderr, "child evaluation of %s failed\n", dir.c_str());
   return ru.ru_maxrss / 1024.0;
+}
+
+// Compresses a checkpoint (prune + GPTQ int4, calibration = `tokens` synthetic tokens) in this process.
+static int child_compress(const char* dir, int tokens) {
+  log_options().quiet = true;
+  fs::path d(dir);
+  std::vector<int32_t> t(static_cast<size_t>(tokens));
+  for (int i = 0; i < tokens; ++i) t[size_t(i)] = (i * 37) % 256;
+  io::write_tokens_npy(d / "calib.npy", t);
+  compress::Options o;
+  o.model = d;
+  o.calib = d / "calib.npy";
+  o.out = d.string() + "-out";
+  o.progress = false;
+  o.force = true;
+  compress::run(compress::parse_recipe("prune:frequency:keep=6,quant:gptq:bits=4"), o);
+  fs::remove_all(o.out);
+  return 0;
 }
 
 static int child_main(const char* dir, int tokens) {
@@ -109,6 +129,7 @@ int main(int argc, char** argv) {
   std::vector<int> layer_counts = {2, 8, 32};
   bool json = false;
   if (argc == 4 && !std::strcmp(argv[1], "--child")) return child_main(argv[2], std::atoi(argv[3]));
+  if (argc == 4 && !std::strcmp(argv[1], "--child-compress")) return child_compress(argv[2], std::atoi(argv[3]));
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--json")) json = true;
@@ -149,7 +170,7 @@ int main(int argc, char** argv) {
                 s.moe_intermediate, s.hidden, base);
   // 2. streaming memory
   fs::path tmp = fs::temp_directory_path() / ("moec-eval-bench-" + std::to_string(getpid()));
-  if (!json) std::printf("%8s %14s %14s %10s\n", "layers", "checkpoint MiB", "peak RSS MiB", "RSS/file");
+  if (!json) std::printf("%8s %14s %18s %22s\n", "layers", "checkpoint MiB", "eval peak RSS MiB", "compress peak RSS MiB");
   nlohmann::ordered_json mem = nlohmann::ordered_json::array();
   for (int L : layer_counts) {
     fs::path d = tmp / ("L" + std::to_string(L));
@@ -157,8 +178,9 @@ int main(int argc, char** argv) {
     double file_mib = 0;
     for (auto& e : fs::directory_iterator(d)) file_mib += double(fs::file_size(e.path())) / (1 << 20);
     double rss = child_peak_rss_mib(d, 2048);
-    mem.push_back({{"layers", L}, {"checkpoint_mib", file_mib}, {"peak_rss_mib", rss}});
-    if (!json) std::printf("%8d %14.1f %14.1f %10.2f\n", L, file_mib, rss, rss / file_mib);
+    double crss = child_peak_rss_mib(d, 2048, "--child-compress");
+    mem.push_back({{"layers", L}, {"checkpoint_mib", file_mib}, {"eval_peak_rss_mib", rss}, {"compress_peak_rss_mib", crss}});
+    if (!json) std::printf("%8d %14.1f %18.1f %22.1f\n", L, file_mib, rss, crss);
     fs::remove_all(d);
   }
   fs::remove_all(tmp);

@@ -106,6 +106,7 @@ nlohmann::ordered_json Result::to_json() const {
 
 Result run(const Recipe& recipe, const Options& opt) {
   const auto t0 = std::chrono::steady_clock::now();
+  quantize::register_packed_format();  // the result is opened again for evaluation and the report
   Result res;
   auto src = model::open_model(opt.model);
   const auto& spec = src->spec();

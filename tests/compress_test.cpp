@@ -80,6 +80,24 @@ TEST(Compress, KilledRunResumesToByteIdenticalOutput) {
   EXPECT_LT(j["bytes_after"].get<double>(), j["bytes_before"].get<double>());
   EXPECT_FALSE(fs::exists(dir / "full" / ".work"));
 
+  // The report renders in headless Chromium (when installed) with its charts.
+  if (std::system("command -v chromium >/dev/null 2>&1") == 0) {
+    const std::string flags = " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run "
+                              "--disable-background-networking --disable-component-update --disable-sync --user-data-dir=" +
+                              (dir / "chrome").string() + " ";
+    const std::string page = "file://" + (dir / "full" / "report.html").string();
+    std::string cmd = "chromium" + flags + "--dump-dom " + page + " > " + (dir / "dom.html").string() + " 2>/dev/null";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    std::string dom = read_file(dir / "dom.html");
+    EXPECT_NE(dom.find("<svg"), std::string::npos);
+    EXPECT_NE(dom.find(kRecipe), std::string::npos);  // the recipe is shown
+    cmd = "chromium" + flags + "--window-size=1200,2400 --screenshot=" + (dir / "report.png").string() + " " + page + " >/dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    EXPECT_GT(fs::file_size(dir / "report.png"), 20000u);
+  } else {
+    std::printf("chromium not installed: report rendering not checked\n");
+  }
+
   // Killed by SIGKILL right after the pruning plan was committed; then resumed.
   setenv("MOEC_TEST_KILL_AFTER_STAGE", "plan", 1);
   auto killed = test::run_cli(args((dir / "resumed").string()));
