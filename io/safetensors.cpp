@@ -83,8 +83,12 @@ MappedFile::~MappedFile() {
 void MappedFile::release(const uint8_t* p, size_t n) const {
   if (!data_ || n == 0) return;
   const size_t page = size_t(::sysconf(_SC_PAGESIZE));
-  uintptr_t a = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);  // whole pages only
-  uintptr_t b = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
+  // Rounded outward: the mapping is read-only, so dropping a page a neighbouring tensor still uses only
+  // costs a re-fault from the file, while pages left behind at boundaries (and fault-around) add up per layer.
+  uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  uintptr_t b = (reinterpret_cast<uintptr_t>(p) + n + page - 1) & ~(page - 1);
+  a = std::max(a, reinterpret_cast<uintptr_t>(data_));
+  b = std::min(b, (reinterpret_cast<uintptr_t>(data_) + size_ + page - 1) & ~(page - 1));
   if (b > a) ::madvise(reinterpret_cast<void*>(a), b - a, MADV_DONTNEED);
 }
 

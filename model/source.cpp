@@ -86,7 +86,11 @@ CheckpointSource::CheckpointSource(const std::filesystem::path& dir)
   }
 }
 
-Matrix CheckpointSource::matrix(const std::string& name) const { return io::to_matrix(store_.get(name)); }
+Matrix CheckpointSource::matrix(const std::string& name) const {
+  Matrix m = io::to_matrix(store_.get(name));
+  store_.release(name);  // the fp32 copy is made: the mmap'd pages can go (memory stays ~ one layer)
+  return m;
+}
 
 bool OverlaySource::has(const std::string& name) const {
   return linears_.count(name) || matrices_.count(name) || base_.has(name);
