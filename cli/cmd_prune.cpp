@@ -171,19 +171,9 @@ static int run_prune(int argc, char** argv) {
                                   : prune::select_adaptive(scores, K, std::min(spec.routing.top_k, spec.routing.num_experts));
     if (!calib.empty()) cr = prune::measure_error(src, calib_ids, kept, co);
   }
-  size_t i = 0;
-  for (int l = 0; l < spec.num_layers; ++l) {
-    if (!spec.moe_layer[size_t(l)]) continue;
-    prune::LayerPlan lp;
-    lp.layer = l;
-    lp.num_experts = spec.routing.num_experts;
-    lp.keep = kept[i];
-    if (!scores.empty()) lp.scores = scores[i];
-    if (have_stats) lp.dropped_gate_mass = dropped_mass(st, domains, i, lp.keep);
-    if (!cr.error.empty()) lp.output_error = cr.error[i];
-    plan.layers.push_back(lp);
-    ++i;
-  }
+  plan.layers = prune::layer_plans(spec, kept, scores, cr.error);
+  if (have_stats)
+    for (size_t i = 0; i < plan.layers.size(); ++i) plan.layers[i].dropped_gate_mass = dropped_mass(st, domains, i, plan.layers[i].keep);
   prune::validate_plan(plan, spec, sha, "prune plan", false);
   if (!save_plan.empty()) prune::write_plan(plan, save_plan);
   if (plan_only) {

@@ -203,17 +203,7 @@ Result run(const Recipe& recipe, const Options& opt) {
       plan.calib_file = opt.calib.string();
       plan.calib_tokens = int64_t(calib.tokens.size());
       plan.sequential = false;
-      int mi = 0;
-      for (int l = 0; l < spec.num_layers; ++l) {
-        if (!spec.moe_layer[size_t(l)]) continue;
-        prune::LayerPlan lp;
-        lp.layer = l;
-        lp.num_experts = spec.routing.num_experts;
-        lp.keep = keep_sets[size_t(mi)];
-        lp.scores = scores[size_t(mi)];
-        plan.layers.push_back(lp);
-        ++mi;
-      }
+      plan.layers = prune::layer_plans(spec, keep_sets, scores);
       prune::validate_plan(plan, spec, plan.config_sha256, "compress plan", true);
       prune::write_plan(plan, plan_file);
     }

@@ -52,8 +52,7 @@ void Forward::ensure_rope(int T) const {
 }
 
 Matrix Forward::embed(const int32_t* tokens, int64_t n) const {
-  const auto& info_name = spec_.embed();
-  Matrix table = src_.matrix(info_name);
+  Matrix table = src_.matrix(spec_.embed());
   Matrix h(n, spec_.hidden);
   for (int64_t i = 0; i < n; ++i) {
     if (tokens[i] < 0 || tokens[i] >= table.rows()) fail("token id ", tokens[i], " at position ", i, " is outside the vocabulary (", table.rows(), ")");

@@ -60,10 +60,9 @@ class Forward {
  private:
   const WeightSource& src_;
   const ModelSpec& spec_;
-  Matrix rope_cos_, rope_sin_;  // seq x head_dim/2
   mutable int rope_len_ = 0;
   void ensure_rope(int seq_len) const;
-  mutable Matrix cos_cache_, sin_cache_;
+  mutable Matrix cos_cache_, sin_cache_;  // seq x head_dim/2
 };
 
 void rms_norm_rows(const Matrix& x, const Vector& w, float eps, Matrix& out);
@@ -81,7 +80,7 @@ struct EvalResult {
   double seconds = 0;
   double nll() const { return tokens_scored ? nll_sum / double(tokens_scored) : 0; }
   double ppl() const;
-  double tokens_per_second() const { return seconds > 0 ? double(windows) * 0 + double(tokens_processed) / seconds : 0; }
+  double tokens_per_second() const { return seconds > 0 ? double(tokens_processed) / seconds : 0; }
   int64_t tokens_processed = 0;
 };
 

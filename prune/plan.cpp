@@ -155,4 +155,22 @@ void validate_plan(const PrunePlan& p, const model::ModelSpec& spec, const std::
          "); Hugging Face configs, transformers, vLLM and llama.cpp need one expert count for every layer: re-plan with --per-layer uniform");
 }
 
+std::vector<LayerPlan> layer_plans(const model::ModelSpec& spec, const std::vector<std::vector<int>>& kept,
+                                   const std::vector<std::vector<double>>& scores, const std::vector<double>& errors) {
+  std::vector<LayerPlan> out;
+  for (int l = 0; l < spec.num_layers; ++l) {
+    if (!spec.moe_layer[size_t(l)]) continue;
+    const size_t i = out.size();
+    if (i >= kept.size()) fail("pruning plan: no kept set for MoE layer ", l);
+    LayerPlan lp;
+    lp.layer = l;
+    lp.num_experts = spec.routing.num_experts;
+    lp.keep = kept[i];
+    if (i < scores.size()) lp.scores = scores[i];
+    if (i < errors.size()) lp.output_error = errors[i];
+    out.push_back(std::move(lp));
+  }
+  return out;
+}
+
 }  // namespace moec::prune

@@ -83,6 +83,12 @@ struct PrunePlan {
   int kept_per_layer() const;  // fails for non-uniform plans
 };
 
+// Per-layer plan entries from the kept sets (one per MoE layer, in layer order) and, when given, the
+// criterion scores and measured output errors of each MoE layer.
+std::vector<LayerPlan> layer_plans(const model::ModelSpec& spec, const std::vector<std::vector<int>>& kept,
+                                   const std::vector<std::vector<double>>& scores = {},
+                                   const std::vector<double>& errors = {});
+
 nlohmann::ordered_json plan_to_json(const PrunePlan& p);
 // Parses and checks the structure (errors name `context` and the field).
 PrunePlan plan_from_json(const nlohmann::json& j, const std::string& context);
