@@ -10,6 +10,7 @@
 #include "core/progress.h"
 #include "io/npy.h"
 #include "model/source.h"
+#include "profile/stats.h"
 #include "quantize/calibrate.h"
 #include "quantize/checkpoint.h"
 
@@ -27,17 +28,23 @@ static std::vector<std::string> split(const std::string& s, char sep) {
 static int run_quantize(int argc, char** argv) {
   po::options_description opts("options");
   std::string model_dir, calib, stats, method, bits, tscale, out, candidates;
+  float deadzone = 0.5f;
+  std::string importance;
   int group = 128, seq_len = 256;
   double budget = 0, damp = -1;
   int64_t max_tokens = -1;
   opts.add_options()("model", po::value(&model_dir)->required(), "model directory (Hugging Face checkpoint)")(
       "calib", po::value(&calib), "calibration tokens (.npy); required for gptq and --budget-bits")(
-      "stats", po::value(&stats), "routing statistics (.h5 from moec profile) for expert importance")(
+      "stats", po::value(&stats), "routing statistics (stats.h5 from `moec profile`): expert importance for --budget-bits")(
+      "importance", po::value(&importance)->default_value("gate-mass"),
+      "with --stats: gate-mass | frequency | easyep (per-token averages of the profile's statistic)")(
       "method", po::value(&method)->default_value("gptq"), "gptq | rtn")(
       "bits", po::value(&bits)->default_value("4"), "ternary | 2 | 3 | 4 | 8")(
       "group", po::value(&group)->default_value(128), "scale group along the input dimension (0 = per row; multiple of 32)")(
       "sym", "symmetric integer grid (default: asymmetric, fitted zero point)")(
       "ternary-scale", po::value(&tscale)->default_value("absmean"), "absmean | minmax | opt")(
+      "deadzone", po::value(&deadzone)->default_value(0.5f, "0.5"),
+      "ternary: |w| / scale must exceed this to become +-1 (0.5 = nearest; larger = more zeros = fewer sub-bit bits)")(
       "subbit", "store ternary codes with the sub-bit (Tunstall) codec")(
       "budget-bits", po::value(&budget)->default_value(0), "mixed precision: average bits per expert weight (incl. scales)")(
       "candidates", po::value(&candidates)->default_value("int4:g128:asym,int3:g128:asym,int2:g128:asym,ternary:minmax:row"),
@@ -52,7 +59,7 @@ static int run_quantize(int argc, char** argv) {
   po::variables_map vm;
   if (!parse_options(argc, argv,
                      "quantize MODEL --calib FILE.npy --method gptq|rtn --bits ternary|2|3|4|8 [--group 128] [--sym]\n"
-                     "       [--ternary-scale absmean|minmax|opt] [--subbit] [--budget-bits B] [--max-tokens N] -o OUT",
+                     "       [--ternary-scale absmean|minmax|opt] [--deadzone F] [--subbit] [--budget-bits B] [--max-tokens N] -o OUT",
                      "Quantizes the routed experts (attention, router, norms, embeddings stay as stored) into a packed\n"
                      "moec checkpoint. GPTQ runs layer by layer on the calibration windows, each layer seeing the\n"
                      "output of the already-quantized layers before it.",
@@ -75,6 +82,11 @@ static int run_quantize(int argc, char** argv) {
   if (group < 0) fail("--group ", group, ": must be >= 0");
   spec_text += group > 0 ? ":g" + std::to_string(group) : ":row";
   co.spec = parse_quant_spec(spec_text);
+  if (!vm["deadzone"].defaulted()) {
+    if (co.spec.kind != CodeKind::Ternary) fail("--deadzone applies to --bits ternary");
+    co.spec.deadzone = deadzone;
+    validate(co.spec);
+  }
   co.subbit = vm.count("subbit") > 0;
   if (co.subbit && co.spec.kind != CodeKind::Ternary) fail("--subbit stores ternary codes: use it with --bits ternary");
   co.gptq.damp = damp;
@@ -84,10 +96,30 @@ static int run_quantize(int argc, char** argv) {
     for (auto& c : split(candidates, ',')) co.candidates.push_back(parse_quant_spec(c));
   co.seq_len = seq_len;
   co.progress = !vm.count("quiet");
-  if (!stats.empty())
-    fail("--stats: reading profile statistics is not available yet in this build; importance comes from the calibration pass");
-
   auto src = model::open_model(model_dir);
+  if (!stats.empty()) {
+    // Mixed-precision importance from a routing profile (e.g. over several domains) instead of the gate mass
+    // that the calibration pass itself measures.
+    if (budget <= 0) fail("--stats only informs --budget-bits (mixed precision); drop it or give a budget");
+    const profile::ProfileStats st = profile::read_stats_h5(stats);
+    profile::check_stats_match(st, src->spec(), model_dir);
+    const auto& dom = st.total();
+    co.importance.assign(size_t(src->spec().num_layers), {});
+    for (const auto& ls : dom.layers) {
+      if (ls.layer < 0 || ls.layer >= src->spec().num_layers) fail(stats, ": layer ", ls.layer, " is not a layer of ", model_dir);
+      auto& imp = co.importance[size_t(ls.layer)];
+      for (int e = 0; e < ls.experts; ++e) {
+        const double t = double(std::max<int64_t>(ls.tokens, 1));
+        imp.push_back(importance == "gate-mass"   ? ls.gate_mass[size_t(e)] / t
+                      : importance == "frequency" ? double(ls.selected[size_t(e)]) / t
+                                                  : ls.easyep[size_t(e)] / t);
+      }
+    }
+    if (importance != "gate-mass" && importance != "frequency" && importance != "easyep")
+      fail("--importance '", importance, "': expected gate-mass, frequency or easyep");
+  } else if (!vm["importance"].defaulted()) {
+    fail("--importance picks a statistic from --stats; give --stats stats.h5");
+  }
   check_output_dir(out, model_dir, vm.count("force") > 0);
   fs::remove(fs::path(out) / quantize::kPackedMetaFile);  // --force: a half-rewritten directory is no checkpoint
   std::vector<int32_t> tokens;

@@ -49,6 +49,7 @@ quantize::CalibrateOptions quant_options(const Stage& st, int seq_len) {
   } else {
     const std::string b = st.params.at("bits");
     std::string text = b == "ternary" ? "ternary:" + get("scale", "minmax") : "int" + b + (st.params.count("sym") ? ":sym" : ":asym");
+    if (st.params.count("deadzone")) text += ":dz" + get("deadzone", "0.5");
     co.spec = parse_quant_spec(text + gs);
     co.subbit = st.params.count("subbit") > 0;
   }

@@ -11,7 +11,7 @@ namespace moec::compress {
 
 namespace {
 const std::set<std::string> kPruneParams = {"keep", "ratio"};
-const std::set<std::string> kQuantParams = {"bits", "group", "sym", "scale", "subbit", "damp", "act_order", "budget"};
+const std::set<std::string> kQuantParams = {"bits", "group", "sym", "scale", "deadzone", "subbit", "damp", "act_order", "budget"};
 
 std::string join(const std::set<std::string>& s) {
   std::string r;
@@ -58,6 +58,15 @@ void validate_stage(const Stage& st) {
         fail("recipe: bits=", b, " is not allowed (2, 3, 4, 8 or ternary)");
       if (st.params.count("subbit") && b != "ternary") fail("recipe: subbit codes ternary weights: use bits=ternary");
       if (st.params.count("scale") && b != "ternary") fail("recipe: scale= (absmean|minmax|opt) applies to bits=ternary");
+      if (st.params.count("deadzone")) {
+        if (b != "ternary") fail("recipe: deadzone= applies to bits=ternary");
+        double dz = 0;
+        try {
+          dz = std::stod(st.params.at("deadzone"));
+        } catch (const std::exception&) {
+        }
+        if (!(dz > 0 && dz <= 2)) fail("recipe: deadzone must be a number in (0, 2] (0.5 = round to nearest), got '", st.params.at("deadzone"), "'");
+      }
     }
   } else if (st.stage == "merge") {
     fail("recipe: merge stages are not available in recipes yet: run `moec merge` and then `moec compress` on its output");
@@ -164,7 +173,7 @@ Recipe parse_recipe(const std::string& text) {
 
 std::string recipe_help() {
   return "stages separated by ',': prune:CRITERION:keep=K|ratio=R (criteria: " + prune::criterion_names() +
-         "), quant:gptq|rtn:bits=2|3|4|8|ternary[:group=N][:sym][:scale=absmean|minmax|opt][:subbit][:damp=D][:act_order], "
+         "), quant:gptq|rtn:bits=2|3|4|8|ternary[:group=N][:sym][:scale=absmean|minmax|opt][:deadzone=F][:subbit][:damp=D][:act_order], "
          "quant:mixed:budget=BITS[:group=N]";
 }
 

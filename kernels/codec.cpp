@@ -1,5 +1,6 @@
 #include "kernels/codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -11,7 +12,9 @@
 namespace moec {
 
 namespace {
-constexpr int kFormatVersion = 1;
+// 2: subbit rows are indexed by per-row codeword counts (`row_lengths`, U8/U16/U32) instead of U32 offsets.
+// Version 1 files (subbit `row_offsets`) are still read.
+constexpr int kFormatVersion = 2;
 
 uint16_t ld16(const uint16_t* p, size_t i) {
   uint16_t v;
@@ -263,8 +266,20 @@ size_t stored_bytes(const PackedView& v) {
   size_t b = v.codes_bytes + 2 * ng;
   if (v.zeros) b += 2 * ng;
   if (v.neg_scales) b += 2 * ng;
-  if (v.codec == Codec::Subbit) b += 4 * (size_t(v.rows) + 1) + 3;  // offsets + the 3 dictionary parameters
+  if (v.codec == Codec::Subbit)  // row lengths + the 3 dictionary parameters
+    b += size_t(subbit_length_bytes(v)) * size_t(v.rows) + 3;
   return b;
+}
+
+int subbit_length_bytes(const PackedView& v) {
+  uint32_t longest = 0;
+  for (int r = 0; r < v.rows; ++r) {
+    uint32_t a, b;
+    std::memcpy(&a, v.row_offsets + r, 4);
+    std::memcpy(&b, v.row_offsets + r + 1, 4);
+    longest = std::max(longest, b - a);
+  }
+  return longest <= 0xffu ? 1 : longest <= 0xffffu ? 2 : 4;
 }
 
 double bits_per_weight(const PackedView& v) { return 8.0 * double(stored_bytes(v)) / (double(v.rows) * double(v.cols)); }
@@ -295,7 +310,20 @@ std::vector<std::pair<std::string, RawTensor>> to_tensors(const PackedMatrix& m)
   out.emplace_back("scales", raw("F16", {m.rows, v.groups()}, m.scales));
   if (!m.zeros.empty()) out.emplace_back("zeros", raw("F16", {m.rows, v.groups()}, m.zeros));
   if (!m.neg_scales.empty()) out.emplace_back("neg_scales", raw("F16", {m.rows, v.groups()}, m.neg_scales));
-  if (!m.row_offsets.empty()) out.emplace_back("row_offsets", raw("U32", {m.rows + 1}, m.row_offsets));
+  if (m.codec == Codec::Subbit) {
+    // Per-row codeword counts in the narrowest unsigned type that holds the longest row (readers rebuild the
+    // offsets): 8 bits per row instead of 32 for rows under ~4096 weights.
+    const int w = subbit_length_bytes(v);
+    RawTensor t;
+    t.dtype = w == 1 ? "U8" : w == 2 ? "U16" : "U32";
+    t.shape = {m.rows};
+    t.bytes.resize(size_t(m.rows) * size_t(w));
+    for (int r = 0; r < m.rows; ++r) {
+      const uint32_t len = m.row_offsets[size_t(r) + 1] - m.row_offsets[size_t(r)];
+      for (int k = 0; k < w; ++k) t.bytes[size_t(r) * size_t(w) + size_t(k)] = uint8_t(len >> (8 * k));
+    }
+    out.emplace_back("row_lengths", std::move(t));
+  }
   return out;
 }
 
@@ -347,11 +375,13 @@ const uint8_t* check_tensor(const RawTensorView& t, const std::string& suffix, c
 }
 }  // namespace
 
-PackedView view_from_tensors(const nlohmann::json& meta, const std::function<RawTensorView(const std::string&)>& get) {
+PackedView view_from_tensors(const nlohmann::json& meta, const std::function<RawTensorView(const std::string&)>& get,
+                             std::vector<uint32_t>& row_offsets) {
   PackedView v;
   v.codec = codec_from_name(meta_field<std::string>(meta, "codec"));
   const int ver = meta_field<int>(meta, "format_version");
-  if (ver != kFormatVersion) fail("codec meta: format_version ", ver, " not supported (expected ", kFormatVersion, ")");
+  if (ver != 1 && ver != kFormatVersion)
+    fail("codec meta: format_version ", ver, " not supported (this moec reads 1 and ", kFormatVersion, ")");
   v.rows = meta_field<int>(meta, "rows");
   v.cols = meta_field<int>(meta, "cols");
   v.group = meta_field<int>(meta, "group");
@@ -387,8 +417,26 @@ PackedView view_from_tensors(const nlohmann::json& meta, const std::function<Raw
   for (int p : probs)
     if (p < 1 || p > 255) fail("codec meta: field 'probs' entries must be in 1..255, got ", p);
   v.subbit = SubbitParams{uint8_t(probs[0]), uint8_t(probs[1]), uint8_t(probs[2])};
-  const RawTensorView offs = get("row_offsets");
-  v.row_offsets = reinterpret_cast<const uint32_t*>(check_tensor(offs, "row_offsets", "U32", {v.rows + 1}, 4));
+  if (ver == 1) {
+    const RawTensorView offs = get("row_offsets");
+    const uint8_t* p = check_tensor(offs, "row_offsets", "U32", {v.rows + 1}, 4);
+    row_offsets.resize(size_t(v.rows) + 1);
+    std::memcpy(row_offsets.data(), p, row_offsets.size() * 4);
+  } else {
+    const RawTensorView lens = get("row_lengths");
+    const size_t w = lens.dtype == "U8" ? 1 : lens.dtype == "U16" ? 2 : lens.dtype == "U32" ? 4 : 0;
+    if (w == 0) fail("codec tensor 'row_lengths': dtype ", lens.dtype.empty() ? "(missing)" : lens.dtype, ", expected U8, U16 or U32");
+    const uint8_t* p = check_tensor(lens, "row_lengths", lens.dtype.c_str(), {v.rows}, w);
+    row_offsets.assign(size_t(v.rows) + 1, 0);
+    for (int r = 0; r < v.rows; ++r) {
+      uint32_t len = 0;
+      for (size_t k = 0; k < w; ++k) len |= uint32_t(p[size_t(r) * w + k]) << (8 * k);
+      if (uint64_t(row_offsets[size_t(r)]) + len > 0xffffffffu) fail("codec tensor 'row_lengths': more than 2^32 codewords");
+      row_offsets[size_t(r) + 1] = row_offsets[size_t(r)] + len;
+    }
+  }
+  v.row_offsets = row_offsets.data();
+  const char* offs_name = ver == 1 ? "row_offsets" : "row_lengths";
   const RawTensorView codes = get("codes");
   if (codes.shape.size() != 1) fail("codec tensor 'codes': subbit codes must be 1-D");
   v.codes = check_tensor(codes, "codes", "U16", {codes.shape[0]}, 2);
@@ -397,17 +445,17 @@ PackedView view_from_tensors(const nlohmann::json& meta, const std::function<Raw
   // per 32 weights (a codeword carries at most 32), so short rows are caught here without decoding.
   uint32_t prev = 0, first;
   std::memcpy(&first, v.row_offsets, 4);
-  if (first != 0) fail("codec tensor 'row_offsets': first offset is ", first, ", expected 0");
+  if (first != 0) fail("codec tensor '", offs_name, "': first offset is ", first, ", expected 0");
   const uint32_t min_words = uint32_t((v.cols + SubbitDict::kMaxLen - 1) / SubbitDict::kMaxLen);
   for (int r = 1; r <= v.rows; ++r) {
     uint32_t o;
     std::memcpy(&o, v.row_offsets + r, 4);
     if (o < prev || o - prev < min_words)
-      fail("codec tensor 'row_offsets': row ", r - 1, " has ", int64_t(o) - int64_t(prev), " codewords, needs >= ", min_words);
+      fail("codec tensor '", offs_name, "': row ", r - 1, " has ", int64_t(o) - int64_t(prev), " codewords, needs >= ", min_words);
     prev = o;
   }
   if (uint64_t(prev) != uint64_t(codes.shape[0]))
-    fail("codec tensor 'row_offsets': last offset ", prev, " != number of codewords ", codes.shape[0]);
+    fail("codec tensor '", offs_name, "': rows hold ", prev, " codewords in total but 'codes' has ", codes.shape[0]);
   v.dict = &subbit_dict(v.subbit);
   return v;
 }

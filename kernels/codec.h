@@ -86,9 +86,11 @@ QuantizedMatrix unpack(const PackedView& v);
 // dequantize_ref.
 void dequantize(const PackedView& v, float* W);
 void dequantize_ref(const PackedView& v, float* W);  // scalar reference
-// Stored bits per weight: codes + scales + zeros + neg_scales + row_offsets + subbit dictionary (3 bytes).
+// Stored bits per weight: codes + scales + zeros + neg_scales + subbit row lengths + dictionary (3 bytes).
 double bits_per_weight(const PackedView& v);
 size_t stored_bytes(const PackedView& v);  // the same numerator, in bytes
+// Subbit: bytes per stored row length (1, 2 or 4: the narrowest that holds the longest row's codeword count).
+int subbit_length_bytes(const PackedView& v);
 
 // --- serialization seam for checkpoints (safetensors) ---
 struct RawTensor {
@@ -102,12 +104,14 @@ struct RawTensorView {
   const uint8_t* data = nullptr;
   size_t nbytes = 0;
 };
-// Suffixes: "codes", "scales", and when present "zeros", "neg_scales", "row_offsets".
+// Suffixes: "codes", "scales", and when present "zeros", "neg_scales", "row_lengths" (subbit).
 std::vector<std::pair<std::string, RawTensor>> to_tensors(const PackedMatrix& m);
 nlohmann::json codec_meta(const PackedMatrix& m);
 nlohmann::json codec_meta(const PackedView& v);
 // Inverse: validates meta fields and every tensor's dtype/shape/size; get(suffix) is called only for the tensors
-// the meta says exist (it may throw if missing). The returned view points into the memory get() returned.
-PackedView view_from_tensors(const nlohmann::json& meta, const std::function<RawTensorView(const std::string&)>& get);
+// the meta says exist (it may throw if missing). The returned view points into the memory get() returned and,
+// for subbit, into `row_offsets` (rebuilt from the stored row lengths), which must outlive the view.
+PackedView view_from_tensors(const nlohmann::json& meta, const std::function<RawTensorView(const std::string&)>& get,
+                             std::vector<uint32_t>& row_offsets);
 
 }  // namespace moec

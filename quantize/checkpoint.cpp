@@ -192,6 +192,7 @@ PackedSource::PackedSource(const fs::path& dir) : dir_(dir) {
     const auto shape = field(t, "shape", tctx).get<std::vector<int64_t>>();
     if (shape != it->second) fail(tctx, ": shape ", shape_str(shape), " but config.json implies ", shape_str(it->second));
     auto e = std::make_unique<Entry>();
+    e->row_offsets = std::make_shared<std::vector<uint32_t>>();
     const auto& sha = field(t, "sha256", tctx);
     try {
       e->view = view_from_tensors(field(t, "codec", tctx), [&](const std::string& suffix) {
@@ -202,7 +203,7 @@ PackedSource::PackedSource(const fs::path& dir) : dir_(dir) {
         if (!sha.contains(suffix)) fail("no sha256 recorded for '", full, "'");
         e->sha[suffix] = sha.at(suffix).get<std::string>();
         return RawTensorView{io::dtype_name(info.dtype), info.shape, info.data, info.nbytes};
-      });
+      }, *e->row_offsets);
     } catch (const Error& err) {
       fail(tctx, ": ", err.what());
     }
@@ -261,7 +262,13 @@ Matrix PackedSource::matrix(const std::string& name) const {
 }
 
 std::shared_ptr<const model::Linear> PackedSource::linear(const std::string& name) const {
-  if (packed_.count(name)) return std::make_shared<PackedLinear>(packed(name), store_);
+  auto it = packed_.find(name);
+  if (it != packed_.end()) {
+    // The view points into the mmap and (subbit) into the rebuilt row offsets: the layer keeps both alive.
+    auto keep = std::make_shared<std::pair<std::shared_ptr<const io::TensorStore>, std::shared_ptr<std::vector<uint32_t>>>>(
+        store_, it->second->row_offsets);
+    return std::make_shared<PackedLinear>(packed(name), keep);
+  }
   return std::make_shared<model::DenseLinear>(matrix(name));
 }
 

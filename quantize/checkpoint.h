@@ -105,6 +105,7 @@ class PackedSource final : public model::WeightSource {
  private:
   struct Entry {
     PackedView view;
+    std::shared_ptr<std::vector<uint32_t>> row_offsets;  // subbit: rebuilt from the stored row lengths
     std::vector<std::string> suffixes;
     std::map<std::string, std::string> sha;  // suffix -> hex
     mutable std::atomic<bool> verified{false};

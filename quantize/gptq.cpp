@@ -186,6 +186,14 @@ GptqResult gptq(const Matrix& W0, const MatrixD& H0, const QuantSpec& spec, cons
   };
   std::vector<int8_t> codes(size_t(rows) * cols);
   std::vector<double> row_loss(rows, 0.0);
+  // Per-column deadzones (QuantSpec::rate): the error weight of column j is 1 / U(j,j)^2.
+  std::vector<float> deadzone(size_t(cols), spec.deadzone);
+  if (spec.kind == CodeKind::Ternary && spec.rate > 0.0f) {
+    double mean = 0.0;
+    for (int j = 0; j < cols; ++j) mean += double(U(j, j)) * U(j, j);
+    mean /= cols;
+    for (int j = 0; j < cols; ++j) deadzone[size_t(j)] = float(spec.deadzone + spec.rate * double(U(j, j)) * U(j, j) / mean);
+  }
   Matrix Err(rows, std::min(opt.block, cols));
   for (int i1 = 0; i1 < cols;) {
     const int i2 = block_end(i1), count = i2 - i1;
@@ -197,7 +205,7 @@ GptqResult gptq(const Matrix& W0, const MatrixD& H0, const QuantSpec& spec, cons
         const int g = c / gs;
         GridParams& p = params[size_t(r) * groups + g];
         if (spec.group > 0 && !static_groups && j % gs == 0) p = fit_grid(spec, w + j, std::min(gs, cols - j));
-        const int8_t q = grid_code(spec, p, w[j]);
+        const int8_t q = grid_code(spec, p, w[j], deadzone[size_t(j)]);
         codes[size_t(r) * cols + c] = q;
         const float err = (w[j] - grid_value(spec, p, q)) / U(j, j);
         const float* u = U.row(j).data();

@@ -28,6 +28,8 @@ QuantizedMatrix assemble_qmatrix(const QuantSpec& s, int rows, int cols, std::ve
 
 // Nearest code on the grid (Int: unsigned 0..2^bits-1 stored via uint8_t; Ternary: -1/0/+1).
 inline int8_t grid_code(const QuantSpec& s, const GridParams& p, float w);
+// Ternary with an explicit deadzone (GPTQ's per-column rate-aware deadzone); Int specs ignore `deadzone`.
+inline int8_t grid_code(const QuantSpec& s, const GridParams& p, float w, float deadzone);
 // The weight a code stands for (same formula as QuantizedMatrix::dequant).
 inline float grid_value(const QuantSpec& s, const GridParams& p, int8_t q);
 
@@ -38,15 +40,20 @@ inline float grid_value(const QuantSpec& s, const GridParams& p, int8_t q);
 
 namespace moec {
 
-inline int8_t grid_code(const QuantSpec& s, const GridParams& p, float w) {
+inline int8_t grid_code(const QuantSpec& s, const GridParams& p, float w, float deadzone) {
   if (s.kind == CodeKind::Int) {
     float maxq = float((1 << s.bits) - 1);
     float q = std::clamp(std::nearbyint(w / p.scale) + p.zero, 0.0f, maxq);
     return int8_t(uint8_t(q));
   }
-  if (w >= 0.0f) return p.scale > 0.0f ? int8_t(std::min(std::nearbyint(w / p.scale), 1.0f)) : int8_t(0);
+  // w / scale > deadzone is round-to-nearest for the default 0.5 (nearbyint rounds the tie 0.5 to 0).
+  if (w >= 0.0f) return p.scale > 0.0f && w / p.scale > deadzone ? int8_t(1) : int8_t(0);
   float neg = s.ternary_scale == TernaryScale::MinMax ? p.neg_scale : p.scale;
-  return neg > 0.0f ? int8_t(-std::min(std::nearbyint(-w / neg), 1.0f)) : int8_t(0);
+  return neg > 0.0f && -w / neg > deadzone ? int8_t(-1) : int8_t(0);
+}
+
+inline int8_t grid_code(const QuantSpec& s, const GridParams& p, float w) {
+  return grid_code(s, p, w, s.deadzone + s.rate);  // no per-column weights: every column at the mean
 }
 
 inline float grid_value(const QuantSpec& s, const GridParams& p, int8_t q) {

@@ -31,6 +31,11 @@ void validate(const QuantSpec& s) {
     fail("quant spec: unknown code kind ", int(s.kind));
   }
   if (s.group < 0) fail("quant spec: group must be >= 0 (0 = per row), got ", s.group);
+  if (!(s.deadzone > 0.0f && s.deadzone <= 2.0f))
+    fail("quant spec: ternary deadzone must be in (0, 2] (0.5 = round to nearest), got ", s.deadzone);
+  if (s.kind != CodeKind::Ternary && s.deadzone != 0.5f) fail("quant spec: a deadzone applies to ternary codes only");
+  if (!(s.rate >= 0.0f && s.rate <= 2.0f)) fail("quant spec: ternary rate weight must be in [0, 2], got ", s.rate);
+  if (s.kind != CodeKind::Ternary && s.rate != 0.0f) fail("quant spec: a rate weight applies to ternary codes only");
 }
 
 QuantSpec parse_quant_spec(const std::string& text) {
@@ -47,7 +52,7 @@ QuantSpec parse_quant_spec(const std::string& text) {
   } else {
     fail("quant spec '", text, "': unknown kind '", k, "' (allowed: ", allowed_kind, ")");
   }
-  bool seen_group = false, seen_sym = false, seen_tscale = false;
+  bool seen_group = false, seen_sym = false, seen_tscale = false, seen_dz = false, seen_rd = false;
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& o = parts[i];
     auto dup = [&](bool& seen, const char* what) {
@@ -76,9 +81,23 @@ QuantSpec parse_quant_spec(const std::string& text) {
       s.ternary_scale = o == "absmean" ? TernaryScale::AbsMean
                         : o == "minmax" ? TernaryScale::MinMax
                                         : TernaryScale::Opt;
+    } else if (o.size() > 2 && o.compare(0, 2, "dz") == 0 && s.kind == CodeKind::Ternary) {
+      dup(seen_dz, "deadzone");
+      float dz = 0.0f;
+      auto r = std::from_chars(o.data() + 2, o.data() + o.size(), dz);
+      if (r.ec != std::errc() || r.ptr != o.data() + o.size() || !(dz > 0.0f && dz <= 2.0f))
+        fail("quant spec '", text, "': bad deadzone '", o, "' (expected dzF with 0 < F <= 2, e.g. dz0.6)");
+      s.deadzone = dz;
+    } else if (o.size() > 2 && o.compare(0, 2, "rd") == 0 && s.kind == CodeKind::Ternary) {
+      dup(seen_rd, "rate weight");
+      float rd = -1.0f;
+      auto r = std::from_chars(o.data() + 2, o.data() + o.size(), rd);
+      if (r.ec != std::errc() || r.ptr != o.data() + o.size() || !(rd >= 0.0f && rd <= 2.0f))
+        fail("quant spec '", text, "': bad rate weight '", o, "' (expected rdF with 0 <= F <= 2, e.g. rd0.1)");
+      s.rate = rd;
     } else {
       fail("quant spec '", text, "': unknown option '", o, "' (allowed: gN, row",
-           s.kind == CodeKind::Int ? ", sym, asym" : ", absmean, minmax, opt", ")");
+           s.kind == CodeKind::Int ? ", sym, asym" : ", absmean, minmax, opt, dzF, rdF", ")");
     }
   }
   validate(s);
@@ -96,6 +115,16 @@ std::string to_string(const QuantSpec& s) {
     out = "int" + std::to_string(s.bits) + (s.symmetric ? ":sym" : ":asym");
   }
   out += s.group > 0 ? ":g" + std::to_string(s.group) : ":row";
+  if (s.kind == CodeKind::Ternary && s.deadzone != 0.5f) {
+    char buf[32];
+    auto r = std::to_chars(buf, buf + sizeof buf, s.deadzone);  // shortest text that reads back exactly
+    out += ":dz" + std::string(buf, r.ptr);
+  }
+  if (s.kind == CodeKind::Ternary && s.rate != 0.0f) {
+    char buf[32];
+    auto r = std::to_chars(buf, buf + sizeof buf, s.rate);
+    out += ":rd" + std::string(buf, r.ptr);
+  }
   return out;
 }
 

@@ -285,13 +285,31 @@ Store store_of(const PackedMatrix& m) {
 }
 void expect_reject(const nlohmann::json& meta, const Store& s, const std::string& needle) {
   try {
-    view_from_tensors(meta, [&](const std::string& k) { return s.get(k); });
+    std::vector<uint32_t> offs;
+    view_from_tensors(meta, [&](const std::string& k) { return s.get(k); }, offs);
     ADD_FAILURE() << "accepted, expected an error mentioning '" << needle << "'";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
 }
 }  // namespace
+
+TEST(Serialize, SubbitRowLengthsUseTheNarrowestType) {
+  // Uniform ternary codes need ~1.6 bits/weight, so a 4096-wide row takes ~400 codewords: U16 lengths; a
+  // 200-wide row can never take more than 200: U8.
+  for (auto [cols, dtype] : {std::pair{200, "U8"}, std::pair{4096, "U16"}}) {
+    Gen g{Codec::Subbit, 3, cols, 0, false, false, 1.0 / 3.0};
+    QuantizedMatrix q = random_qm(g, 77);
+    PackedMatrix m = pack(q, Codec::Subbit);
+    Store s = store_of(m);
+    EXPECT_EQ(s.t["row_lengths"].dtype, dtype) << cols;
+    EXPECT_EQ(s.t["row_lengths"].bytes.size(), 3 * (std::string(dtype) == "U8" ? 1u : 2u));
+    std::vector<uint32_t> offs;
+    PackedView v = view_from_tensors(nlohmann::json::parse(codec_meta(m).dump()), [&](const std::string& k) { return s.get(k); }, offs);
+    EXPECT_EQ(offs, m.row_offsets);
+    expect_same_qm(q, unpack(v), "row lengths " + std::to_string(cols));
+  }
+}
 
 TEST(Serialize, RoundTripAllCodecs) {
   uint32_t seed = 300;
@@ -302,9 +320,14 @@ TEST(Serialize, RoundTripAllCodecs) {
       PackedMatrix m = pack(q, c);
       Store s = store_of(m);
       nlohmann::json meta = nlohmann::json::parse(codec_meta(m).dump());  // through text, as a checkpoint would
-      PackedView v = view_from_tensors(meta, [&](const std::string& k) { return s.get(k); });
+      std::vector<uint32_t> offs;
+      PackedView v = view_from_tensors(meta, [&](const std::string& k) { return s.get(k); }, offs);
       expect_same_qm(q, unpack(v), name(g));
       EXPECT_DOUBLE_EQ(bits_per_weight(v), bits_per_weight(m.view()));
+      // The accounted bytes are exactly the serialized tensors (+ 3 dictionary bytes for subbit).
+      size_t bytes = 0;
+      for (auto& [k, t] : s.t) bytes += t.bytes.size();
+      EXPECT_EQ(stored_bytes(v), bytes + (c == Codec::Subbit ? 3 : 0)) << name(g);
     }
   }
 }
@@ -360,15 +383,43 @@ TEST(Serialize, RejectsInconsistentTensors) {
   Store ss = store_of(sm);
   {
     Store b = ss;
-    uint32_t* o = reinterpret_cast<uint32_t*>(b.t["row_offsets"].bytes.data());
-    std::swap(o[1], o[2]);
-    expect_reject(smeta, b, "row_offsets");
+    ASSERT_EQ(b.t["row_lengths"].dtype, "U8");  // 300 columns: at most 300 codewords per row
+    b.t["row_lengths"].bytes[1] = 3;            // fewer than ceil(300 / 32) codewords
+    expect_reject(smeta, b, "row_lengths");
+  }
+  {
+    Store b = ss;
+    b.t["row_lengths"].dtype = "I32";
+    expect_reject(smeta, b, "row_lengths");
   }
   {
     Store b = ss;
     b.t["codes"].bytes.resize(b.t["codes"].bytes.size() - 2);
     b.t["codes"].shape[0] -= 1;
-    expect_reject(smeta, b, "row_offsets");
+    expect_reject(smeta, b, "row_lengths");
+  }
+  {
+    // Version 1 stored absolute U32 offsets; such files still read (and are still checked).
+    Store b = ss;
+    nlohmann::json v1 = smeta;
+    v1["format_version"] = 1;
+    b.t.erase("row_lengths");
+    RawTensor o{"U32", {sm.rows + 1}, {}};
+    o.bytes.resize(4 * (size_t(sm.rows) + 1));
+    std::memcpy(o.bytes.data(), sm.row_offsets.data(), o.bytes.size());
+    b.t["row_offsets"] = o;
+    std::vector<uint32_t> offs;
+    PackedView v = view_from_tensors(v1, [&](const std::string& k) { return b.get(k); }, offs);
+    EXPECT_EQ(offs, sm.row_offsets);
+    expect_same_qm(unpack(sm.view()), unpack(v), "v1 offsets");
+    uint32_t* p = reinterpret_cast<uint32_t*>(b.t["row_offsets"].bytes.data());
+    std::swap(p[1], p[2]);
+    expect_reject(v1, b, "row_offsets");
+  }
+  {
+    nlohmann::json bad = smeta;
+    bad["format_version"] = 3;
+    expect_reject(bad, ss, "format_version");
   }
   {
     nlohmann::json bad = smeta;

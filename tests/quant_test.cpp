@@ -156,6 +156,50 @@ TEST(QuantSpec, ErrorsListAllowedValues) {
   EXPECT_NE(msg("int4:foo").find("sym, asym"), std::string::npos);
 }
 
+TEST(QuantSpec, TernaryDeadzone) {
+  QuantSpec s = parse_quant_spec("ternary:minmax:dz0.7");
+  EXPECT_FLOAT_EQ(s.deadzone, 0.7f);
+  EXPECT_EQ(to_string(s), "ternary:minmax:row:dz0.7");
+  EXPECT_EQ(parse_quant_spec(to_string(s)), s);
+  EXPECT_EQ(to_string(parse_quant_spec("ternary:minmax:dz0.5")), "ternary:minmax:row");  // the default is implicit
+  EXPECT_THROW(parse_quant_spec("ternary:dz0"), Error);
+  EXPECT_THROW(parse_quant_spec("ternary:dz2.5"), Error);
+  EXPECT_THROW(parse_quant_spec("ternary:dzx"), Error);
+  EXPECT_THROW(parse_quant_spec("ternary:dz0.6:dz0.7"), Error);
+  EXPECT_THROW(parse_quant_spec("int4:dz0.6"), Error);
+  // Default deadzone = round to nearest, ties to zero, as clamp(nearbyint(w / s), -1, 1) (BitNet's rule).
+  for (const char* t : {"ternary:absmean", "ternary:minmax"}) {
+    QuantSpec d = parse_quant_spec(t);
+    GridParams p{0.25f, 0.0f, 0.5f};
+    for (float w : {0.0f, 0.1249f, 0.125f, 0.1251f, 0.3f, 0.375f, 0.9f, -0.124f, -0.125f, -0.126f, -0.25f, -0.2501f, -0.9f}) {
+      const float neg = d.ternary_scale == TernaryScale::MinMax ? p.neg_scale : p.scale;
+      const float ref = w >= 0 ? std::min(std::nearbyint(w / p.scale), 1.0f) : -std::min(std::nearbyint(-w / neg), 1.0f);
+      EXPECT_EQ(grid_code(d, p, w), int8_t(ref)) << t << " w=" << w;
+    }
+  }
+  // A larger deadzone zeroes exactly the weights with |w| / scale <= deadzone.
+  QuantSpec z = parse_quant_spec("ternary:minmax:dz0.7");
+  GridParams p{1.0f, 0.0f, 2.0f};
+  EXPECT_EQ(grid_code(z, p, 0.69f), 0);
+  EXPECT_EQ(grid_code(z, p, 0.71f), 1);
+  EXPECT_EQ(grid_code(z, p, -1.39f), 0);
+  EXPECT_EQ(grid_code(z, p, -1.41f), -1);
+  // RTN: zeros only grow with the deadzone, and non-zero codes never change sign.
+  Matrix W = random_matrix(6, 200, 5);
+  int prev_zeros = -1;
+  QuantizedMatrix base = quantize_rtn(W, parse_quant_spec("ternary:minmax"));
+  for (const char* t : {"ternary:minmax", "ternary:minmax:dz0.6", "ternary:minmax:dz0.8", "ternary:minmax:dz1"}) {
+    QuantizedMatrix q = quantize_rtn(W, parse_quant_spec(t));
+    int zeros = 0;
+    for (size_t i = 0; i < q.q.size(); ++i) {
+      zeros += q.q[i] == 0;
+      if (q.q[i] != 0) EXPECT_EQ(q.q[i], base.q[i]) << t;
+    }
+    EXPECT_GT(zeros, prev_zeros) << t;
+    prev_zeros = zeros;
+  }
+}
+
 TEST(QuantSpec, BitsPerWeight) {
   EXPECT_DOUBLE_EQ(bits_per_weight(parse_quant_spec("int4:g128"), 4096), 4.125);
   EXPECT_DOUBLE_EQ(bits_per_weight(parse_quant_spec("int4:g128:asym"), 4096), 4.25);
@@ -250,7 +294,10 @@ TEST(Hessian, AccumulatesTwoOverNXXt) {
 TEST(Gptq, IdentityHessianEqualsRtn) {
   Matrix W = random_matrix(6, 100, 21);
   MatrixD H = MatrixD::Identity(100, 100);
-  for (const char* t : kSpecs) {
+  std::vector<const char*> specs(std::begin(kSpecs), std::end(kSpecs));
+  specs.push_back("ternary:minmax:dz0.7");
+  specs.push_back("ternary:minmax:rd0.25");  // equal error weights: every column at dz + rd, as RTN
+  for (const char* t : specs) {
     SCOPED_TRACE(t);
     QuantSpec s = parse_quant_spec(t);
     for (bool act : {false, true}) {
@@ -329,7 +376,7 @@ TEST(Gptq, MatchesNaiveUnblockedReference) {
   const int rows = 16, cols = 75;
   Matrix W = random_matrix(rows, cols, 31);
   MatrixD H = naive_hessian(correlated_x(300, cols, 33));
-  for (const char* t : {"int4:g16", "int3:g20:asym", "ternary:minmax:g30", "int2:g50"}) {
+  for (const char* t : {"int4:g16", "int3:g20:asym", "ternary:minmax:g30", "int2:g50", "ternary:minmax:g30:dz0.6:rd0.4"}) {
     SCOPED_TRACE(t);
     QuantSpec s = parse_quant_spec(t);
     GptqOptions o;
@@ -339,6 +386,12 @@ TEST(Gptq, MatchesNaiveUnblockedReference) {
     Hd.diagonal().array() += 0.01 * (s.kind == CodeKind::Ternary ? 10 : 1) * H.diagonal().mean();
     MatrixD Hinv = Hd.inverse();
     MatrixD U = Hinv.llt().matrixU();  // Hinv = U^T U
+    // Rate-aware deadzone (docs/QUANTIZATION.md): column j uses dz + rd * U(j,j)^2 / mean_k U(k,k)^2.
+    const double mean_u2 = U.diagonal().array().square().mean();
+    int zeros = 0, zeros_plain = 0;
+    const QuantizedMatrix plain = gptq(W, H, parse_quant_spec("ternary:minmax:g30"), o).q;
+    for (size_t i = 0; i < plain.q.size(); ++i) zeros += g.q.q[i] == 0, zeros_plain += plain.q[i] == 0;
+    if (s.rate > 0) EXPECT_GT(zeros, zeros_plain + rows * cols / 20);  // clearly sparser than nearest rounding
     int same = 0;
     Eigen::MatrixXd Wd = W.cast<double>();
     for (int r = 0; r < rows; ++r) {
@@ -349,7 +402,11 @@ TEST(Gptq, MatchesNaiveUnblockedReference) {
           for (int k = j; k < std::min(cols, j + s.group); ++k) grp.push_back(float(Wd(r, k)));
           p = fit_grid(s, grp.data(), int(grp.size()));
         }
-        int8_t q = grid_code(s, p, float(Wd(r, j)));
+        const float dz = float(s.deadzone + s.rate * U(j, j) * U(j, j) / mean_u2);
+        const float w = float(Wd(r, j));
+        int8_t q = grid_code(s, p, w);
+        if (s.kind == CodeKind::Ternary)  // written out: +1 / -1 beyond the column's deadzone, else 0
+          q = w > 0 && p.scale > 0 && w / p.scale > dz ? 1 : w < 0 && p.neg_scale > 0 && -w / p.neg_scale > dz ? -1 : 0;
         double err = (Wd(r, j) - grid_value(s, p, q)) / U(j, j);
         for (int k = j + 1; k < cols; ++k) Wd(r, k) -= err * U(j, k);
         same += q == g.q.q[size_t(r) * cols + j];

@@ -14,6 +14,7 @@
 #include "model/forward.h"
 #include "quantize/calibrate.h"
 #include "quantize/checkpoint.h"
+#include "profile/stats.h"
 #include "quantize/rtn.h"
 #include "support/test_util.h"
 
@@ -217,11 +218,41 @@ TEST(QuantizeCli, MixedPrecisionStaysWithinBudgetAndInspectReportsIt) {
   for (auto& e : model::expected_tensors(ps.spec()))
     if (e.role == model::ExpectedTensor::Role::RoutedExpert) {
       ASSERT_TRUE(ps.is_packed(e.name));
-      for (auto& suffix : {"codes", "scales", "zeros", "neg_scales", "row_offsets"})
+      for (auto& suffix : {"codes", "scales", "zeros", "neg_scales", "row_lengths"})
         if (ps.store().has(e.name + "." + suffix)) bytes += ps.store().get(e.name + "." + suffix).nbytes;
       weights += e.shape[0] * e.shape[1];
     }
   EXPECT_NEAR(bpw, 8.0 * double(bytes) / double(weights), 1e-9);
+}
+
+TEST(QuantizeCli, StatsGiveMixedPrecisionImportance) {
+  Fixture fx;
+  const std::string stats = (fx.dir / "stats.h5").string();
+  auto r = test::run_cli("profile " + fx.model.string() + " --calib " + fx.calib.string() + " --seq-len 32 --sample-tokens 8 -q -o " + stats);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto out = fx.quantize("imp", "--method rtn --budget-bits 3.0 --candidates int4:g32:asym,int2:g32:asym --stats " + stats +
+                                    " --importance frequency");
+  const auto st = profile::read_stats_h5(stats);
+  const auto meta = nlohmann::json::parse(read_file(fs::path(out) / quantize::kPackedMetaFile));
+  int checked = 0;
+  for (const auto& ls : st.total().layers)
+    for (int e = 0; e < ls.experts; ++e) {
+      const std::string name = "model.layers." + std::to_string(ls.layer) + ".block_sparse_moe.experts." + std::to_string(e) + ".w2.weight";
+      ASSERT_TRUE(meta["tensors"].contains(name)) << name;
+      EXPECT_DOUBLE_EQ(meta["tensors"][name]["importance"].get<double>(), double(ls.selected[size_t(e)]) / double(ls.tokens)) << name;
+      ++checked;
+    }
+  EXPECT_GT(checked, 0);
+  // --stats informs the budget only; a wrong statistic name is refused.
+  r = test::run_cli("quantize " + fx.model.string() + " --calib " + fx.calib.string() + " --seq-len 32 -q --method rtn --bits 4 --stats " +
+                    stats + " -o " + (fx.dir / "x1").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--budget-bits"), std::string::npos) << r.err;
+  r = test::run_cli("quantize " + fx.model.string() + " --calib " + fx.calib.string() + " --seq-len 32 -q --method rtn --budget-bits 3 --stats " +
+                    stats + " --importance foo -o " + (fx.dir / "x2").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("gate-mass"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(fx.dir / "x2"));
 }
 
 TEST(QuantizeCli, ErrorsAreClear) {
