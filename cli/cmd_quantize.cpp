@@ -47,8 +47,9 @@ static int run_quantize(int argc, char** argv) {
       "ternary: |w| / scale must exceed this to become +-1 (0.5 = nearest; larger = more zeros = fewer sub-bit bits)")(
       "subbit", "store ternary codes with the sub-bit (Tunstall) codec")(
       "budget-bits", po::value(&budget)->default_value(0), "mixed precision: average bits per expert weight (incl. scales)")(
-      "candidates", po::value(&candidates)->default_value("int4:g128:asym,int3:g128:asym,int2:g128:asym,ternary:minmax:row"),
-      "comma-separated specs --budget-bits chooses from (docs/QUANTIZATION.md)")(
+      "candidates", po::value(&candidates),
+      "comma-separated specs --budget-bits chooses from (docs/QUANTIZATION.md); default int4/int3/int2:g128:asym + "
+      "ternary:minmax:row, with --subbit int3/int2 + ternary codes of increasing sparsity (rd0.1..rd0.8, dz1)")(
       "damp", po::value(&damp)->default_value(-1), "GPTQ relative dampening (< 0: 0.01 int, 0.1 ternary)")(
       "act-order", "GPTQ: columns by decreasing Hessian diagonal (static groups)")(
       "seq-len", po::value(&seq_len)->default_value(256), "calibration window length")(
@@ -88,12 +89,18 @@ static int run_quantize(int argc, char** argv) {
     validate(co.spec);
   }
   co.subbit = vm.count("subbit") > 0;
-  if (co.subbit && co.spec.kind != CodeKind::Ternary) fail("--subbit stores ternary codes: use it with --bits ternary");
+  if (co.subbit && budget <= 0 && co.spec.kind != CodeKind::Ternary)
+    fail("--subbit stores ternary codes: use it with --bits ternary (or with --budget-bits)");
   co.gptq.damp = damp;
   co.gptq.act_order = vm.count("act-order") > 0;
   co.budget_bits = budget;
-  if (budget > 0)
-    for (auto& c : split(candidates, ',')) co.candidates.push_back(parse_quant_spec(c));
+  if (budget > 0) {
+    if (candidates.empty()) co.candidates = quantize::default_candidates(vm.count("subbit") > 0);
+    else
+      for (auto& c : split(candidates, ',')) co.candidates.push_back(parse_quant_spec(c));
+  } else if (!candidates.empty()) {
+    fail("--candidates lists what --budget-bits chooses from: give --budget-bits B");
+  }
   co.seq_len = seq_len;
   co.progress = !vm.count("quiet");
   auto src = model::open_model(model_dir);

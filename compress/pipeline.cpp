@@ -43,13 +43,14 @@ quantize::CalibrateOptions quant_options(const Stage& st, int seq_len) {
   const std::string gs = group == "0" ? ":row" : ":g" + group;
   if (st.method == "mixed") {
     co.budget_bits = std::stod(st.params.at("budget"));
-    for (const char* c : {"int4", "int3", "int2"}) co.candidates.push_back(parse_quant_spec(std::string(c) + ":g128:asym"));
-    co.candidates.push_back(parse_quant_spec("ternary:minmax:row"));
+    co.subbit = st.params.count("subbit") > 0;
+    co.candidates = quantize::default_candidates(co.subbit);
     co.spec = co.candidates.front();
   } else {
     const std::string b = st.params.at("bits");
     std::string text = b == "ternary" ? "ternary:" + get("scale", "minmax") : "int" + b + (st.params.count("sym") ? ":sym" : ":asym");
     if (st.params.count("deadzone")) text += ":dz" + get("deadzone", "0.5");
+    if (st.params.count("rate")) text += ":rd" + get("rate", "0");
     co.spec = parse_quant_spec(text + gs);
     co.subbit = st.params.count("subbit") > 0;
   }

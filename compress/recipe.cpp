@@ -11,7 +11,7 @@ namespace moec::compress {
 
 namespace {
 const std::set<std::string> kPruneParams = {"keep", "ratio"};
-const std::set<std::string> kQuantParams = {"bits", "group", "sym", "scale", "deadzone", "subbit", "damp", "act_order", "budget"};
+const std::set<std::string> kQuantParams = {"bits", "group", "sym", "scale", "deadzone", "rate", "subbit", "damp", "act_order", "budget"};
 
 std::string join(const std::set<std::string>& s) {
   std::string r;
@@ -50,6 +50,9 @@ void validate_stage(const Stage& st) {
       } catch (const std::exception&) {
         fail("recipe: quant:mixed budget must be a positive number of bits per weight");
       }
+      for (auto& [k, v] : st.params)
+        if (k != "budget" && k != "subbit" && k != "damp" && k != "act_order")
+          fail("recipe: quant:mixed takes budget=BITS[:subbit][:damp=D][:act_order], not '", k, "' (it picks specs itself)");
     } else {
       if (st.params.count("budget")) fail("recipe: budget= belongs to quant:mixed");
       if (!st.params.count("bits")) fail("recipe: quant:", st.method, " needs bits=2|3|4|8|ternary");
@@ -58,14 +61,18 @@ void validate_stage(const Stage& st) {
         fail("recipe: bits=", b, " is not allowed (2, 3, 4, 8 or ternary)");
       if (st.params.count("subbit") && b != "ternary") fail("recipe: subbit codes ternary weights: use bits=ternary");
       if (st.params.count("scale") && b != "ternary") fail("recipe: scale= (absmean|minmax|opt) applies to bits=ternary");
-      if (st.params.count("deadzone")) {
-        if (b != "ternary") fail("recipe: deadzone= applies to bits=ternary");
-        double dz = 0;
+      for (const char* k : {"deadzone", "rate"}) {
+        if (!st.params.count(k)) continue;
+        if (b != "ternary") fail("recipe: ", k, "= applies to bits=ternary");
+        double v = -1;
         try {
-          dz = std::stod(st.params.at("deadzone"));
+          v = std::stod(st.params.at(k));
         } catch (const std::exception&) {
         }
-        if (!(dz > 0 && dz <= 2)) fail("recipe: deadzone must be a number in (0, 2] (0.5 = round to nearest), got '", st.params.at("deadzone"), "'");
+        const bool dz = std::string(k) == "deadzone";
+        if (dz ? !(v > 0 && v <= 2) : !(v >= 0 && v <= 2))
+          fail("recipe: ", k, " must be a number in ", dz ? "(0, 2] (0.5 = round to nearest)" : "[0, 2] (0 = off)", ", got '",
+               st.params.at(k), "'");
       }
     }
   } else if (st.stage == "merge") {
@@ -173,8 +180,8 @@ Recipe parse_recipe(const std::string& text) {
 
 std::string recipe_help() {
   return "stages separated by ',': prune:CRITERION:keep=K|ratio=R (criteria: " + prune::criterion_names() +
-         "), quant:gptq|rtn:bits=2|3|4|8|ternary[:group=N][:sym][:scale=absmean|minmax|opt][:deadzone=F][:subbit][:damp=D][:act_order], "
-         "quant:mixed:budget=BITS[:group=N]";
+         "), quant:gptq|rtn:bits=2|3|4|8|ternary[:group=N][:sym][:scale=absmean|minmax|opt][:deadzone=F][:rate=F][:subbit][:damp=D][:act_order], "
+         "quant:mixed:budget=BITS[:subbit]";
 }
 
 }  // namespace moec::compress

@@ -103,6 +103,19 @@ Quantized quantize_one(const Matrix& W, const HessianAccumulator* acc, const Qua
 
 }  // namespace
 
+std::vector<QuantSpec> default_candidates(bool subbit) {
+  const char* plain[] = {"int4:g128:asym", "int3:g128:asym", "int2:g128:asym", "ternary:minmax:row"};
+  const char* sparse[] = {"int3:g128:asym", "int2:g128:asym", "ternary:minmax:row", "ternary:minmax:row:rd0.1",
+                          "ternary:minmax:row:rd0.2", "ternary:minmax:row:rd0.4", "ternary:minmax:row:rd0.8",
+                          "ternary:minmax:row:dz1"};
+  std::vector<QuantSpec> out;
+  if (subbit)
+    for (const char* t : sparse) out.push_back(parse_quant_spec(t));
+  else
+    for (const char* t : plain) out.push_back(parse_quant_spec(t));
+  return out;
+}
+
 CalibrateReport quantize_experts(const model::WeightSource& src, const std::vector<int32_t>& tokens,
                                  const CalibrateOptions& opt, const PackedSink& sink) {
   const auto t0 = std::chrono::steady_clock::now();

@@ -37,6 +37,11 @@ struct CalibrateOptions {
   bool progress = true;
 };
 
+// Default candidates for mixed precision. Without sub-bit: int4/int3/int2 (g128, asym) and ternary {min,0,max}
+// per row. With sub-bit (ternary codes entropy-coded): int3/int2 and ternary codes from dense to very sparse
+// (rate-aware deadzones rd0.1 .. rd0.8 and dz1), so budgets from ~0.9 to ~3 bits per weight can be met.
+std::vector<QuantSpec> default_candidates(bool subbit);
+
 struct ExpertRecord {
   int layer = 0, expert = 0;
   int64_t tokens = 0;        // calibration tokens routed to the expert

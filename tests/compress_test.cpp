@@ -47,6 +47,12 @@ TEST(Recipe, RejectsBadRecipesListingWhatIsAllowed) {
   EXPECT_NE(error_of("quant:gptq").find("bits="), std::string::npos);
   EXPECT_NE(error_of("quant:gptq:bits=4:subbit").find("bits=ternary"), std::string::npos);
   EXPECT_NE(error_of("quant:mixed").find("budget"), std::string::npos);
+  EXPECT_NE(error_of("quant:mixed:budget=1:bits=4").find("picks specs itself"), std::string::npos);
+  EXPECT_NE(error_of("quant:gptq:bits=4:deadzone=0.6").find("bits=ternary"), std::string::npos);
+  EXPECT_NE(error_of("quant:gptq:bits=ternary:deadzone=0").find("(0, 2]"), std::string::npos);
+  EXPECT_NE(error_of("quant:gptq:bits=ternary:rate=x").find("[0, 2]"), std::string::npos);
+  EXPECT_EQ(compress::parse_recipe("quant:gptq:bits=ternary:rate=0.2:subbit").str(), "quant:gptq:bits=ternary:rate=0.2:subbit");
+  EXPECT_EQ(compress::parse_recipe("quant:mixed:budget=1:subbit").str(), "quant:mixed:budget=1:subbit");
   EXPECT_NE(error_of("quant:awq:bits=4").find("gptq, rtn, mixed"), std::string::npos);
   EXPECT_NE(error_of("quant:gptq:bits=4,prune:easyep:keep=6").find("before quant"), std::string::npos);
   EXPECT_NE(error_of("quant:gptq:bits=4,quant:rtn:bits=2").find("twice"), std::string::npos);

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "core/files.h"
 #include "io/npy.h"
@@ -223,6 +224,27 @@ TEST(QuantizeCli, MixedPrecisionStaysWithinBudgetAndInspectReportsIt) {
       weights += e.shape[0] * e.shape[1];
     }
   EXPECT_NEAR(bpw, 8.0 * double(bytes) / double(weights), 1e-9);
+}
+
+TEST(QuantizeCli, SubbitBudgetChargesEntropyCodedSizes) {
+  // With --subbit the default candidates include ternary codes of increasing sparsity, each charged its actual
+  // entropy-coded size; a budget between the sparsest and the densest must be met with a mix of them.
+  Fixture fx;
+  auto out = fx.quantize("sb", "--method rtn --subbit --budget-bits 1.5");
+  auto r = test::run_cli("inspect " + out + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const double bpw = nlohmann::json::parse(r.out)["expert_bits_per_weight"].get<double>();
+  EXPECT_LE(bpw, 1.5 + 1e-9);
+  EXPECT_GT(bpw, 1.2);
+  const auto meta = nlohmann::json::parse(read_file(fs::path(out) / quantize::kPackedMetaFile));
+  std::set<std::string> specs;
+  for (auto& [name, t] : meta["tensors"].items())
+    if (t.contains("spec")) {
+      specs.insert(t["spec"].get<std::string>());
+      EXPECT_EQ(t["codec"]["codec"].get<std::string>().rfind("int", 0) == 0, t["spec"].get<std::string>().rfind("int", 0) == 0);
+    }
+  EXPECT_GE(specs.size(), 2u);
+  EXPECT_TRUE(std::isfinite(fx.eval(out)));
 }
 
 TEST(QuantizeCli, StatsGiveMixedPrecisionImportance) {
