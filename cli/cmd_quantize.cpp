@@ -28,7 +28,7 @@ static std::vector<std::string> split(const std::string& s, char sep) {
 static int run_quantize(int argc, char** argv) {
   po::options_description opts("options");
   std::string model_dir, calib, stats, method, bits, tscale, out, candidates;
-  float deadzone = 0.5f;
+  float deadzone = 0.5f, rate = 0.0f;
   std::string importance;
   int group = 128, seq_len = 256;
   double budget = 0, damp = -1;
@@ -45,6 +45,8 @@ static int run_quantize(int argc, char** argv) {
       "ternary-scale", po::value(&tscale)->default_value("absmean"), "absmean | minmax | opt")(
       "deadzone", po::value(&deadzone)->default_value(0.5f, "0.5"),
       "ternary: |w| / scale must exceed this to become +-1 (0.5 = nearest; larger = more zeros = fewer sub-bit bits)")(
+      "rate", po::value(&rate)->default_value(0.0f, "0"),
+      "ternary + gptq: rate-aware deadzone, deadzone + F * (column error weight / mean): zeros where they cost least")(
       "subbit", "store ternary codes with the sub-bit (Tunstall) codec")(
       "budget-bits", po::value(&budget)->default_value(0), "mixed precision: average bits per expert weight (incl. scales)")(
       "candidates", po::value(&candidates),
@@ -60,7 +62,7 @@ static int run_quantize(int argc, char** argv) {
   po::variables_map vm;
   if (!parse_options(argc, argv,
                      "quantize MODEL --calib FILE.npy --method gptq|rtn --bits ternary|2|3|4|8 [--group 128] [--sym]\n"
-                     "       [--ternary-scale absmean|minmax|opt] [--deadzone F] [--subbit] [--budget-bits B] [--max-tokens N] -o OUT",
+                     "       [--ternary-scale absmean|minmax|opt] [--deadzone F] [--rate F] [--subbit] [--budget-bits B] [--max-tokens N] -o OUT",
                      "Quantizes the routed experts (attention, router, norms, embeddings stay as stored) into a packed\n"
                      "moec checkpoint. GPTQ runs layer by layer on the calibration windows, each layer seeing the\n"
                      "output of the already-quantized layers before it.",
@@ -83,9 +85,10 @@ static int run_quantize(int argc, char** argv) {
   if (group < 0) fail("--group ", group, ": must be >= 0");
   spec_text += group > 0 ? ":g" + std::to_string(group) : ":row";
   co.spec = parse_quant_spec(spec_text);
-  if (!vm["deadzone"].defaulted()) {
-    if (co.spec.kind != CodeKind::Ternary) fail("--deadzone applies to --bits ternary");
+  if (!vm["deadzone"].defaulted() || !vm["rate"].defaulted()) {
+    if (co.spec.kind != CodeKind::Ternary) fail("--deadzone and --rate apply to --bits ternary");
     co.spec.deadzone = deadzone;
+    co.spec.rate = rate;
     validate(co.spec);
   }
   co.subbit = vm.count("subbit") > 0;

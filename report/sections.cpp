@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 #include "core/error.h"
 
@@ -244,6 +245,83 @@ void add_compression(Page& page, const CompressionData& d) {
     page.figure({bar_chart(cats, {secs}, bo), ""});
     page.table(t);
   }
+}
+
+void add_quality_curve(Page& page, const std::vector<QualityPoint>& points, double reference_ppl) {
+  if (points.empty()) fail("quality curve: no points");
+  std::vector<Series> series;
+  for (const auto& p : points) {
+    auto it = std::find_if(series.begin(), series.end(), [&](const Series& s) { return s.name == p.series; });
+    if (it == series.end()) {
+      series.push_back(Series{p.series, {}, true, true, Series::Marker(series.size() % 3)});
+      it = series.end() - 1;
+    }
+    it->points.push_back({p.bits, p.ppl, p.label});
+  }
+  for (auto& s : series) {
+    std::stable_sort(s.points.begin(), s.points.end(), [](const Point& a, const Point& b) { return a.x < b.x; });
+    s.line = s.points.size() > 1;
+  }
+  page.section("Perplexity vs bits per weight");
+  LineChartOptions lo;
+  lo.title = "Perplexity vs bits per weight";
+  lo.x_label = "bits per weight (log scale)";
+  lo.y_label = "perplexity";
+  lo.log_x = true;
+  lo.width = 860;
+  lo.height = 480;
+  page.figure({line_chart(series, lo), "Lower left is better."});
+  Table t;
+  t.header = {"series", "model", "bits/weight", "perplexity"};
+  if (reference_ppl > 0) t.header.push_back("vs reference");
+  std::vector<const QualityPoint*> sorted;
+  for (const auto& p : points) sorted.push_back(&p);
+  std::stable_sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->bits < b->bits; });
+  for (const auto* p : sorted) {
+    std::vector<Cell> row{Cell(p->series), Cell(p->label), Cell(p->bits, 4), Cell(p->ppl, 5)};
+    if (reference_ppl > 0) row.push_back(Cell::number_text(percent_change(reference_ppl, p->ppl)));
+    t.rows.push_back(std::move(row));
+  }
+  page.table(t);
+}
+
+std::vector<QualityPoint> parse_quality_csv(const std::string& text, const std::string& what) {
+  std::vector<QualityPoint> out;
+  std::istringstream in(text);
+  std::string line;
+  int n = 0;
+  bool header = false;
+  while (std::getline(in, line)) {
+    ++n;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> f;
+    std::string cell;
+    std::istringstream ls(line);
+    while (std::getline(ls, cell, ',')) f.push_back(cell);
+    if (!header) {
+      if (f != std::vector<std::string>{"series", "label", "bits", "ppl"})
+        fail(what, ": line ", n, ": the header must be 'series,label,bits,ppl'");
+      header = true;
+      continue;
+    }
+    if (f.size() != 4) fail(what, ": line ", n, ": expected 4 fields (series,label,bits,ppl), got ", f.size());
+    QualityPoint p{f[0], f[1], 0, 0};
+    try {
+      size_t a = 0, b = 0;
+      p.bits = std::stod(f[2], &a);
+      p.ppl = std::stod(f[3], &b);
+      if (a != f[2].size() || b != f[3].size()) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      fail(what, ": line ", n, ": bits and ppl must be numbers, got '", f[2], "' and '", f[3], "'");
+    }
+    if (!(p.bits > 0) || !(p.ppl > 0) || !std::isfinite(p.bits) || !std::isfinite(p.ppl))
+      fail(what, ": line ", n, ": bits and ppl must be positive and finite");
+    out.push_back(std::move(p));
+  }
+  if (!header) fail(what, ": empty (expected the header 'series,label,bits,ppl')");
+  if (out.empty()) fail(what, ": no points after the header");
+  return out;
 }
 
 }  // namespace moec::report

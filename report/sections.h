@@ -46,6 +46,17 @@ struct CompressionData {
 };
 void add_compression(Page& page, const CompressionData& d);
 
+// Quality vs size of several compressed models: one series per method family (drawn as a line through its
+// points in bits order), e.g. from `moec inspect --json` (expert_bits_per_weight) and `moec eval --json` (ppl).
+struct QualityPoint {
+  std::string series, label;
+  double bits = 0, ppl = 0;
+};
+void add_quality_curve(Page& page, const std::vector<QualityPoint>& points, double reference_ppl = 0);
+// Parses CSV text with the header `series,label,bits,ppl` (comma-separated, no quoting; '#' lines ignored).
+// Errors name `what` and the line.
+std::vector<QualityPoint> parse_quality_csv(const std::string& text, const std::string& what);
+
 // A fake but plausible profile (4 layers x 8 experts, two domains) and compression run, for tests and for
 // looking at the charts: `moec` has no real data in this module. Deterministic.
 RoutingProfileData demo_profile();

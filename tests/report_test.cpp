@@ -368,6 +368,43 @@ TEST(Report, LineChartLogXPlacesDecadesEvenly) {
   EXPECT_NE(svg.find("1 non-finite point not shown."), std::string::npos);
 }
 
+TEST(Report, QualityCurveFromCsv) {
+  const std::string csv =
+      "# comment\nseries,label,bits,ppl\nmoec GPTQ,int4,4.25,3.07\nmoec GPTQ,int2,2.25,3.17\nllama.cpp,IQ1_S,1.5625,3.2167\n"
+      "moec GPTQ,ternary,1.15,3.29\r\n";
+  auto pts = parse_quality_csv(csv, "p.csv");
+  ASSERT_EQ(pts.size(), 4u);
+  EXPECT_EQ(pts[2].series, "llama.cpp");
+  EXPECT_EQ(pts[2].label, "IQ1_S");
+  EXPECT_DOUBLE_EQ(pts[3].bits, 1.15);
+  EXPECT_DOUBLE_EQ(pts[3].ppl, 3.29);
+  Page page("curve");
+  add_quality_curve(page, pts, 3.072);
+  const std::string html = page.html();
+  expect_well_formed(html, "quality page");
+  EXPECT_EQ(count_of(html, "<polyline"), 1u);  // the 3-point series; the single peer point is a marker only
+  // The table lists points by bits: ternary first, int4 last, with the change vs the reference.
+  const size_t table = html.find("<table");
+  ASSERT_NE(table, std::string::npos);
+  EXPECT_LT(html.find(">ternary<", table), html.find(">IQ1_S<", table));
+  EXPECT_LT(html.find(">IQ1_S<", table), html.find(">int4<", table));
+  EXPECT_NE(html.find(">int4<", table), std::string::npos);
+  EXPECT_NE(html.find("+7.1%"), std::string::npos);  // 3.29 vs 3.072
+  auto error_of = [](const std::string& text) {
+    try {
+      parse_quality_csv(text, "p.csv");
+    } catch (const moec::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of("a,b\n").find("header"), std::string::npos);
+  EXPECT_NE(error_of("series,label,bits,ppl\nx,y,1\n").find("line 2"), std::string::npos);
+  EXPECT_NE(error_of("series,label,bits,ppl\nx,y,one,2\n").find("numbers"), std::string::npos);
+  EXPECT_NE(error_of("series,label,bits,ppl\nx,y,-1,2\n").find("positive"), std::string::npos);
+  EXPECT_NE(error_of("series,label,bits,ppl\n").find("no points"), std::string::npos);
+}
+
 // ---------------------------------------------------------------- page
 
 TEST(Report, PageEscapesEverythingAndIsWellFormed) {
