@@ -40,6 +40,9 @@ static double sgemm_gflops(int m, int n, int k) {
 }
 
 // A synthetic Mixtral-style checkpoint: hidden 512, 8 experts of width 1024 (25 MiB of experts a layer).
+// Every layer holds the same random values (one generator seeded alike per layer), so every layer needs
+// about the same working memory: a peak that grows with the layer count is memory kept across layers,
+// not a larger layer met by chance.
 static void write_synthetic(const fs::path& dir, int layers) {
   fs::create_directories(dir);
   const int H = 512, I = 1024, E = 8, V = 256, nh = 8, nkv = 4, hd = 64;
@@ -62,6 +65,7 @@ static void write_synthetic(const fs::path& dir, int layers) {
   add("model.norm.weight", {H}, 1);
   add("lm_head.weight", {V, H});
   for (int l = 0; l < layers; ++l) {
+    rng.seed(2);
     std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", {H}, 1);
     add(p + "post_attention_layernorm.weight", {H}, 1);
@@ -170,7 +174,8 @@ int main(int argc, char** argv) {
                 s.moe_intermediate, s.hidden, base);
   // 2. streaming memory
   fs::path tmp = fs::temp_directory_path() / ("moec-eval-bench-" + std::to_string(getpid()));
-  if (!json) std::printf("%8s %14s %18s %22s\n", "layers", "checkpoint MiB", "eval peak RSS MiB", "compress peak RSS MiB");
+  if (!json)
+    std::printf("%8s %14s %18s %22s %12s\n", "layers", "checkpoint MiB", "eval peak RSS MiB", "compress peak RSS MiB", "compress s");
   nlohmann::ordered_json mem = nlohmann::ordered_json::array();
   for (int L : layer_counts) {
     fs::path d = tmp / ("L" + std::to_string(L));
@@ -178,9 +183,12 @@ int main(int argc, char** argv) {
     double file_mib = 0;
     for (auto& e : fs::directory_iterator(d)) file_mib += double(fs::file_size(e.path())) / (1 << 20);
     double rss = child_peak_rss_mib(d, 2048);
+    const double tc = now();
     double crss = child_peak_rss_mib(d, 2048, "--child-compress");
-    mem.push_back({{"layers", L}, {"checkpoint_mib", file_mib}, {"eval_peak_rss_mib", rss}, {"compress_peak_rss_mib", crss}});
-    if (!json) std::printf("%8d %14.1f %18.1f %22.1f\n", L, file_mib, rss, crss);
+    const double csec = now() - tc;
+    mem.push_back({{"layers", L}, {"checkpoint_mib", file_mib}, {"eval_peak_rss_mib", rss}, {"compress_peak_rss_mib", crss},
+                   {"compress_seconds", csec}});
+    if (!json) std::printf("%8d %14.1f %18.1f %22.1f %12.1f\n", L, file_mib, rss, crss, csec);
     fs::remove_all(d);
   }
   fs::remove_all(tmp);

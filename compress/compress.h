@@ -1,6 +1,7 @@
-// moec compress: one recipe, profile -> prune -> quantize -> evaluate, streamed layer by layer.
+// moec compress: one recipe, profile -> prune or merge -> quantize -> evaluate, streamed layer by layer.
 // A recipe reads like a faiss factory string:
 //   prune:easyep:keep=6,quant:gptq:bits=ternary:scale=minmax:subbit
+//   merge:subspace:keep=6,quant:mixed:budget=1.2
 //   quant:mixed:budget=2.5
 // or the same as JSON ({"stages": [{"stage": "prune", "method": "easyep", "keep": 6}, ...]}).
 #pragma once
@@ -14,8 +15,8 @@
 namespace moec::compress {
 
 struct Stage {
-  std::string stage;   // "prune" | "quant"
-  std::string method;  // prune: a criterion; quant: gptq | rtn | mixed
+  std::string stage;   // "prune" | "merge" | "quant"
+  std::string method;  // prune: a criterion; merge: subspace | msmoe | average | frequency; quant: gptq | rtn | mixed
   std::map<std::string, std::string> params;  // key=value; flags have value "1"
 };
 
@@ -48,7 +49,8 @@ struct Options {
 struct Result {
   double ppl_before = 0, ppl_after = 0;
   int64_t eval_tokens_scored = 0;
-  double expert_bits_per_weight = 0;
+  double expert_bits_per_weight = 0;         // stored bits per routed-expert weight of the result
+  double expert_bits_per_source_weight = 0;  // the same storage per routed-expert weight of the source
   uint64_t bytes_before = 0, bytes_after = 0;
   double seconds = 0;
   std::vector<std::pair<std::string, double>> stage_seconds;
@@ -56,7 +58,8 @@ struct Result {
 };
 
 // Runs the recipe; writes OUT (checkpoint, report.json, report.html). Work in progress is kept under
-// OUT/.work so that --resume continues after an interruption with byte-identical output.
+// OUT/.work (finished stages, and each quantized layer as soon as it is final) so that --resume continues
+// after an interruption, even kill -9, with byte-identical output.
 Result run(const Recipe& recipe, const Options& opt);
 
 }  // namespace moec::compress

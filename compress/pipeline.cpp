@@ -1,12 +1,15 @@
-// The compress pipeline: profile (when a stage needs statistics) -> prune plan -> quantize (sequential,
-// on the pruned view) -> evaluate -> report. Intermediate results live in OUT/.work: the statistics, the
-// plan and a state file naming the recipe and input hashes; --resume reuses them when they match.
+// The compress pipeline: profile (when a stage needs statistics) -> prune plan or merged checkpoint ->
+// quantize (sequential, layer by layer, on the pruned view / merged model) -> evaluate -> report.
+// Intermediate results live in OUT/.work: a state file naming the recipe and input hashes, the statistics,
+// the prune plan or the merged checkpoint, and one commit per quantized layer (compress/internal.h);
+// --resume reuses them when the state matches, so a killed run continues where it stopped.
 #include <csignal>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 
 #include "compress/compress.h"
+#include "compress/internal.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/progress.h"
@@ -29,23 +32,38 @@ double since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-// Test hook: die like kill -9 right after a stage has committed its result.
+// Test hooks: die like kill -9 right after a stage (profile, plan, merge, quantize) has committed its
+// result, or right after quantized layer N has been committed.
 void maybe_die(const std::string& stage) {
   const char* k = std::getenv("MOEC_TEST_KILL_AFTER_STAGE");
   if (k && stage == k) std::raise(SIGKILL);
 }
+void maybe_die_after_layer(int layer) {
+  const char* k = std::getenv("MOEC_TEST_KILL_AFTER_LAYER");
+  if (k && std::atoi(k) == layer) std::raise(SIGKILL);
+}
 
-quantize::CalibrateOptions quant_options(const Stage& st, int seq_len) {
+// Routed-expert weights of a model (all MoE layers).
+double expert_weights(const model::ModelSpec& s) {
+  double n = 0;
+  for (int l = 0; l < s.num_layers; ++l)
+    if (s.moe_layer[size_t(l)]) n += double(s.routing.num_experts) * double(s.expert_params());
+  return n;
+}
+
+// `budget_scale`: routed-expert weights of the source / of the model being quantized (> 1 after pruning or
+// merging), since a recipe's budget is in bits per routed-expert weight of the source model.
+quantize::CalibrateOptions quant_options(const Stage& st, int seq_len, double budget_scale) {
   quantize::CalibrateOptions co;
   auto get = [&](const std::string& k, const std::string& d) { return st.params.count(k) ? st.params.at(k) : d; };
   co.method = st.method == "rtn" ? quantize::Method::Rtn : quantize::Method::Gptq;
   const std::string group = get("group", st.params.count("bits") && st.params.at("bits") == "ternary" ? "0" : "128");
   const std::string gs = group == "0" ? ":row" : ":g" + group;
   if (st.method == "mixed") {
-    co.budget_bits = std::stod(st.params.at("budget"));
-    co.subbit = st.params.count("subbit") > 0;
-    co.candidates = quantize::default_candidates(co.subbit);
+    co.budget_bits = std::stod(st.params.at("budget")) * budget_scale;
+    co.candidates = quantize::default_candidates(true);  // int3/int2 + ternary codes from dense to sparse
     co.spec = co.candidates.front();
+    co.subbit = true;  // ternary candidates in their smallest (entropy-coded) storage
   } else {
     const std::string b = st.params.at("bits");
     std::string text = b == "ternary" ? "ternary:" + get("scale", "minmax") : "int" + b + (st.params.count("sym") ? ":sym" : ":asym");
@@ -69,7 +87,8 @@ std::map<std::string, double> bytes_by_category(const model::WeightSource& src) 
   if (auto* ck = dynamic_cast<const model::CheckpointSource*>(&src)) store = &ck->store();
   for (auto& t : model::expected_tensors(src.spec())) {
     double b = 0;
-    if (packed && packed->is_packed(t.name)) b = double(stored_bytes(packed->packed(t.name)));
+    // Sizes from the metadata: verifying checksums here would read (and keep resident) the whole model.
+    if (packed && packed->is_packed(t.name)) b = double(packed->stored_bytes(t.name));
     else if (store && store->has(t.name)) b = double(store->get(t.name).nbytes);
     out[model::role_name(t.role)] += b;
   }
@@ -96,6 +115,7 @@ nlohmann::ordered_json Result::to_json() const {
   j["ppl_after"] = ppl_after;
   j["eval_tokens_scored"] = eval_tokens_scored;
   j["expert_bits_per_weight"] = expert_bits_per_weight;
+  j["expert_bits_per_source_weight"] = expert_bits_per_source_weight;
   j["bytes_before"] = bytes_before;
   j["bytes_after"] = bytes_after;
   j["compression_ratio"] = bytes_after ? double(bytes_before) / double(bytes_after) : 0.0;
@@ -112,12 +132,31 @@ Result run(const Recipe& recipe, const Options& opt) {
   Result res;
   auto src = model::open_model(opt.model);
   const auto& spec = src->spec();
-  if (!dynamic_cast<const model::CheckpointSource*>(src.get()))
-    fail(opt.model.string(), ": moec compress takes a Hugging Face checkpoint (this one is already compressed)");
+  auto* src_ckpt = dynamic_cast<const model::CheckpointSource*>(src.get());
+  if (!src_ckpt) fail(opt.model.string(), ": moec compress takes a Hugging Face checkpoint (this one is already compressed)");
   if (opt.calib.empty()) fail("--calib is required (calibration tokens for profiling and GPTQ)");
+  const Stage* prune_st = recipe.find("prune");
+  const Stage* merge_st = recipe.find("merge");
+  const Stage* quant_st = recipe.find("quant");
+  // What the recipe asks of this model, checked before any work.
+  std::optional<merge::PipelineOptions> mopt;
+  if (merge_st) {
+    mopt = merge_options(*merge_st, spec.routing.num_experts);
+    if (mopt->keep > spec.routing.num_experts || mopt->keep < spec.routing.top_k)
+      fail("recipe: merge keeps ", mopt->keep, " experts per layer; this model has ", spec.routing.num_experts,
+           " and routes each token to ", spec.routing.top_k, " (allowed: ", spec.routing.top_k, "..", spec.routing.num_experts, ")");
+    for (int l = 0; l < spec.num_layers; ++l)
+      if (!spec.moe_layer[size_t(l)]) fail("recipe: merge stages need every layer to be an MoE layer (layer ", l, " is a dense MLP)");
+    mopt->window = opt.seq_len;
+    mopt->progress = opt.progress;
+  }
+  if (prune_st)
+    prune::keep_count(spec.routing.num_experts, prune_st->params.count("keep") ? std::stoi(prune_st->params.at("keep")) : 0,
+                      prune_st->params.count("ratio") ? std::stod(prune_st->params.at("ratio")) : 0.0);
   auto calib = profile::load_domain("calib", opt.calib, spec.vocab);
   if (opt.max_calib_tokens > 0 && int64_t(calib.tokens.size()) > opt.max_calib_tokens) calib.tokens.resize(size_t(opt.max_calib_tokens));
   if (!opt.eval.empty()) io::read_tokens_npy(opt.eval);  // fail early on a bad eval file
+  if (mopt) mopt->calib_tokens = int64_t(calib.tokens.size());
 
   // --- output directory and resumable state
   const fs::path work = opt.out / ".work";
@@ -147,9 +186,7 @@ Result run(const Recipe& recipe, const Options& opt) {
   fs::create_directories(work);
   write_file_atomic(work / "state.json", nlohmann::json(state).dump());
 
-  const Stage* prune_st = recipe.find("prune");
-  const Stage* quant_st = recipe.find("quant");
-  const int nstages = (prune_st != nullptr) * 2 + 1 + (!opt.eval.empty()) * 2;
+  const int nstages = (prune_st != nullptr || merge_st != nullptr) * 2 + 1 + (!opt.eval.empty()) * 2;
   int stage_no = 0;
   auto announce = [&](const std::string& what) { log_info("[" + std::to_string(++stage_no) + "/" + std::to_string(nstages) + "] " + what); };
 
@@ -161,12 +198,14 @@ Result run(const Recipe& recipe, const Options& opt) {
     res.stage_seconds.push_back({"eval before", since(t)});
   }
 
-  // --- profile + prune plan
+  // --- profile, then the prune plan or the merged checkpoint
   std::optional<profile::ProfileStats> stats;
   prune::PrunePlan plan;
-  std::unique_ptr<model::WeightSource> pruned;
+  nlohmann::ordered_json merge_plan;
+  std::unique_ptr<model::WeightSource> reduced;  // the pruned view or the merged checkpoint
   const model::WeightSource* current = src.get();
-  if (prune_st) {
+  const fs::path merged_dir = work / "merged";
+  if (prune_st || merge_st) {
     auto t = std::chrono::steady_clock::now();
     const fs::path stats_file = work / "stats.h5";
     announce("profile routing on " + opt.calib.filename().string());
@@ -184,7 +223,9 @@ Result run(const Recipe& recipe, const Options& opt) {
     }
     res.stage_seconds.push_back({"profile", since(t)});
     maybe_die("profile");
-    t = std::chrono::steady_clock::now();
+  }
+  if (prune_st) {
+    auto t = std::chrono::steady_clock::now();
     const fs::path plan_file = work / "plan.json";
     announce("plan pruning (" + prune_st->method + ")");
     if (opt.resume && fs::exists(plan_file)) {
@@ -209,10 +250,33 @@ Result run(const Recipe& recipe, const Options& opt) {
       prune::validate_plan(plan, spec, plan.config_sha256, "compress plan", true);
       prune::write_plan(plan, plan_file);
     }
-    pruned = prune::pruned_view(*src, plan);
-    current = pruned.get();
+    reduced = prune::pruned_view(*src, plan);
+    current = reduced.get();
     res.stage_seconds.push_back({"plan", since(t)});
     maybe_die("plan");
+  }
+  if (merge_st) {
+    auto t = std::chrono::steady_clock::now();
+    announce("merge experts (" + merge_st->method + ", " + std::to_string(mopt->keep) + " per layer)");
+    // The merged model is a complete dense checkpoint in .work/merged (renamed into place when complete),
+    // read back layer by layer by the quantize stage.
+    if (opt.resume && fs::exists(merged_dir / "moec.json")) {
+      log_info("  reusing " + merged_dir.string());
+    } else {
+      fs::remove_all(merged_dir);
+      profile::check_stats_match(*stats, spec, opt.model);
+      auto signals = merge::signals_from_profile(*stats, spec);
+      merge::MergedCheckpointWriter writer(*src_ckpt, merged_dir, true);
+      auto mp = merge::merge_model(*src, *mopt, &signals, nullptr, calib.tokens,
+                                   [&](int l, merge::MergedLayer&& m) { writer.add_layer(l, m); });
+      writer.finish(mopt->keep, mp);
+    }
+    auto meta = nlohmann::ordered_json::parse(read_file(merged_dir / "moec.json"));
+    merge_plan = meta.at("plan");
+    reduced = std::make_unique<model::CheckpointSource>(merged_dir);
+    current = reduced.get();
+    res.stage_seconds.push_back({"merge", since(t)});
+    maybe_die("merge");
   }
 
   // --- write the checkpoint into .work/out, then move it into OUT
@@ -221,25 +285,48 @@ Result run(const Recipe& recipe, const Options& opt) {
   auto t = std::chrono::steady_clock::now();
   if (quant_st) {
     announce("quantize experts (" + quant_st->method + ", sequential, layer by layer)");
-    auto co = quant_options(*quant_st, opt.seq_len);
+    auto co = quant_options(*quant_st, opt.seq_len, expert_weights(spec) / std::max(1.0, expert_weights(current->spec())));
     co.progress = opt.progress;
     nlohmann::ordered_json rj = recipe.to_json();
     rj["calib"] = {{"file", opt.calib.filename().string()}, {"sha256", calib.token_sha256}, {"tokens", int64_t(calib.tokens.size())}};
     if (prune_st) rj["prune_plan"] = prune::plan_to_json(plan);
+    if (merge_st) rj["merge_plan"] = merge_plan;
+    // Every finished layer is committed to .work/quant; a resumed run restores the committed layers and
+    // the activations after the last one, and continues with the next layer.
+    const auto& cs = current->spec();
+    const bool need_data = co.method == quantize::Method::Gptq || co.budget_bits > 0;
+    const int64_t h_rows = need_data && opt.seq_len > 0 ? int64_t(calib.tokens.size()) / opt.seq_len * opt.seq_len : 0;
+    LayerStore layers(work / "quant");
+    quantize::ResumePoint rp;
+    const int restored = layers.restore(cs.num_layers, h_rows, cs.hidden, rp);
+    if (restored > 0)
+      log_info("  restored quantized layers 0.." + std::to_string(restored - 1) + " from " + layers.dir().string());
+    auto rep = quantize::quantize_experts(
+        *current, calib.tokens, co,
+        [&](const std::string& name, const PackedMatrix& m, const nlohmann::ordered_json& info) { layers.add(name, m, info); },
+        &rp, [&](int l, const Matrix* h, const quantize::CalibrateReport& part) {
+          layers.commit(l, h, part);
+          maybe_die_after_layer(l);
+        });
     quantize::PackedCheckpointWriter writer(staged, opt.model, rj);
     if (prune_st) {
       auto cfg = nlohmann::ordered_json::parse(read_file(opt.model / "config.json"));
       prune::update_config(cfg, spec, plan.kept_per_layer());
       writer.replace_config(cfg.dump(2) + "\n");
     }
-    auto rep = quantize::quantize_experts(*current, calib.tokens, co,
-                                          [&](const std::string& name, const PackedMatrix& m, const nlohmann::ordered_json& info) {
-                                            writer.add_packed(name, m, info);
-                                          });
+    if (merge_st) writer.replace_config(read_file(merged_dir / "config.json"));
+    layers.assemble(cs.num_layers, writer);
     writer.add_remaining(*current);
     writer.finish();
     res.expert_bits_per_weight = rep.expert_bits_per_weight();
     res.stage_seconds.push_back({"quantize", since(t)});
+  } else if (merge_st) {
+    announce("write the merged checkpoint");
+    reduced.reset();
+    current = src.get();
+    fs::rename(merged_dir, staged);
+    res.expert_bits_per_weight = 16.0;  // experts keep their stored dtype
+    res.stage_seconds.push_back({"write", since(t)});
   } else {
     announce("write the pruned checkpoint");
     prune::ApplyOptions ao;
@@ -256,9 +343,12 @@ Result run(const Recipe& recipe, const Options& opt) {
   }
   for (auto& e : fs::directory_iterator(staged)) fs::rename(e.path(), opt.out / e.path().filename());
   fs::remove_all(staged);
+  res.expert_bits_per_source_weight =
+      res.expert_bits_per_weight * expert_weights(current->spec()) / std::max(1.0, expert_weights(spec));
 
   // --- evaluate the result, sizes, report
   auto after = model::open_model(opt.out);
+  if (merge_st && !quant_st) current = after.get();  // the merged experts are the result: nothing to compare them with
   if (!opt.eval.empty()) {
     announce("evaluate the compressed model on " + opt.eval.filename().string());
     auto te = std::chrono::steady_clock::now();
@@ -285,8 +375,8 @@ Result run(const Recipe& recipe, const Options& opt) {
         const std::string name = as.expert(l, e, p);
         Matrix w = after->matrix(name);
         weights += double(w.size());
-        bits += packed && packed->is_packed(name) ? 8.0 * double(stored_bytes(packed->packed(name))) : 16.0 * double(w.size());
-        Matrix orig = current->matrix(name);  // the (pruned) source's weights of the same expert
+        bits += packed && packed->is_packed(name) ? 8.0 * double(packed->stored_bytes(name)) : 16.0 * double(w.size());
+        Matrix orig = current->matrix(name);  // the (pruned or merged) source's weights of the same expert
         err2 += double((w - orig).squaredNorm());
         ref2 += double(orig.squaredNorm());
         after->release(name);
@@ -327,6 +417,8 @@ Result run(const Recipe& recipe, const Options& opt) {
   write_file_atomic(opt.out / "report.json", rj.dump(2) + "\n");
   if (stats) fs::rename(work / "stats.h5", opt.out / "stats.h5");
   if (prune_st) fs::rename(work / "plan.json", opt.out / "plan.json");
+  if (merge_st) write_file_atomic(opt.out / "merge_plan.json", merge_plan.dump(2) + "\n");
+  reduced.reset();
   fs::remove_all(work);
   return res;
 }

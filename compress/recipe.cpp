@@ -1,7 +1,11 @@
+#include <algorithm>
+#include <cmath>
+#include <functional>
 #include <set>
 #include <sstream>
 
 #include "compress/compress.h"
+#include "compress/internal.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "prune/prune.h"
@@ -13,10 +17,71 @@ namespace {
 const std::set<std::string> kPruneParams = {"keep", "ratio"};
 const std::set<std::string> kQuantParams = {"bits", "group", "sym", "scale", "deadzone", "rate", "subbit", "damp", "act_order", "budget"};
 
+const std::set<std::string> kFlags = {"subbit", "sym", "act_order", "whiten", "align"};  // bare in factory strings
+
 std::string join(const std::set<std::string>& s) {
   std::string r;
   for (auto& x : s) r += (r.empty() ? "" : ", ") + x;
   return r;
+}
+
+// ------------------------------------------------------------------------------------ merge parameters
+// One row per recipe parameter of a merge stage: how it sets merge::PipelineOptions. The values are parsed
+// strictly (the whole string must be a number / one of the names) and out-of-range values fail.
+int to_int(const std::string& k, const std::string& v, int lo) {
+  size_t pos = 0;
+  int x = 0;
+  try {
+    x = std::stoi(v, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  if (pos == 0 || pos != v.size() || x < lo) fail("recipe: merge ", k, "=", v, " must be an integer >= ", lo);
+  return x;
+}
+double to_double(const std::string& k, const std::string& v, double lo, double hi, bool lo_open) {
+  size_t pos = 0;
+  double x = 0;
+  try {
+    x = std::stod(v, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  if (pos == 0 || pos != v.size() || !(lo_open ? x > lo : x >= lo) || !(x <= hi))
+    fail("recipe: merge ", k, "=", v, " must be a number in ", lo_open ? "(" : "[", lo, ", ", hi, "]");
+  return x;
+}
+bool to_flag(const std::string& k, const std::string& v) {
+  if (v == "1" || v == "true") return true;
+  if (v == "0" || v == "false") return false;
+  fail("recipe: merge ", k, " is a flag (give it bare, or ", k, "=1 / ", k, "=0)");
+}
+
+struct MergeParam {
+  const char* key;
+  std::function<void(merge::PipelineOptions&, const std::string& value)> set;
+};
+const std::vector<MergeParam>& merge_params() {
+  using PO = merge::PipelineOptions;
+  static const std::vector<MergeParam> t = {
+      {"keep", [](PO& o, const std::string& v) { o.keep = to_int("keep", v, 1); }},
+      {"ratio", [](PO&, const std::string& v) { to_double("ratio", v, 0, 1, true); }},  // resolved in merge_options
+      {"cluster", [](PO& o, const std::string& v) { o.cluster = merge::cluster_algo_from_string(v); }},
+      {"rank", [](PO& o, const std::string& v) { o.subspace.rank = to_int("rank", v, 0); }},
+      {"energy", [](PO& o, const std::string& v) { o.subspace.energy = to_double("energy", v, 0, 1, true); }},
+      {"svd",
+       [](PO& o, const std::string& v) {
+         if (v == "exact") o.subspace.svd = merge::SvdMethod::Exact;
+         else if (v == "randomized") o.subspace.svd = merge::SvdMethod::Randomized;
+         else fail("recipe: merge svd=", v, " is unknown (allowed: exact, randomized)");
+       }},
+      {"router", [](PO& o, const std::string& v) { o.router = merge::router_merge_from_string(v == "freq" ? "frequency" : v); }},
+      {"whiten", [](PO& o, const std::string& v) { o.whiten = to_flag("whiten", v); }},
+      {"align", [](PO& o, const std::string& v) { o.align = to_flag("align", v); }},
+      {"seed", [](PO& o, const std::string& v) { o.seed = uint64_t(to_int("seed", v, 0)); }},
+      {"align_tokens", [](PO& o, const std::string& v) { o.align_tokens = to_int("align_tokens", v, 1); }},
+  };
+  return t;
 }
 
 void validate_stage(const Stage& st) {
@@ -76,9 +141,9 @@ void validate_stage(const Stage& st) {
       }
     }
   } else if (st.stage == "merge") {
-    fail("recipe: merge stages are not available in recipes yet: run `moec merge` and then `moec compress` on its output");
+    merge_options(st, 0);  // fails on an unknown method or parameter, a bad value or combination
   } else {
-    fail("recipe: unknown stage '", st.stage, "' (allowed: prune, quant)");
+    fail("recipe: unknown stage '", st.stage, "' (allowed: prune, merge, quant)");
   }
 }
 
@@ -90,10 +155,53 @@ void validate(const Recipe& r) {
     validate_stage(st);
     if (seen.count(st.stage)) fail("recipe: stage '", st.stage, "' appears twice");
     if (st.stage == "prune" && seen.count("quant")) fail("recipe: prune must come before quant (experts are selected on the original weights)");
+    if (st.stage == "merge" && seen.count("quant")) fail("recipe: merge must come before quant (experts are merged on the original weights)");
+    if ((st.stage == "merge" && seen.count("prune")) || (st.stage == "prune" && seen.count("merge")))
+      fail("recipe: prune and merge both reduce the experts of every layer and cannot be combined in one recipe; "
+           "use one of them (or run `moec prune` first and compress its output with a merge recipe)");
     seen.insert(st.stage);
   }
 }
 }  // namespace
+
+merge::PipelineOptions merge_options(const Stage& st, int num_experts) {
+  merge::PipelineOptions o;
+  const std::string method = st.method == "freq-average" ? "frequency" : st.method;
+  try {
+    o.method = merge::merge_method_from_string(method);
+  } catch (const Error&) {
+    fail("recipe: merge method '", st.method, "' is unknown (allowed: subspace, msmoe, average, frequency)");
+  }
+  for (auto& [k, v] : st.params) {
+    const MergeParam* p = nullptr;
+    for (auto& row : merge_params())
+      if (k == row.key) p = &row;
+    if (!p) fail("recipe: merge parameter '", k, "' is unknown (allowed: ", merge_param_names(), ")");
+    try {
+      p->set(o, v);
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      if (m.rfind("recipe:", 0) == 0) throw;
+      fail("recipe: merge ", k, "=", v, ": ", m);
+    }
+  }
+  if (st.params.count("keep") == st.params.count("ratio"))
+    fail("recipe: merge needs exactly one of keep=K (experts per layer after merging) or ratio=R (fraction kept)");
+  if (st.params.count("ratio") && num_experts > 0)
+    o.keep = std::max(1, int(std::lround(std::stod(st.params.at("ratio")) * num_experts)));
+  const bool subspace_only = st.params.count("rank") || st.params.count("energy") || st.params.count("svd") || o.whiten || o.align;
+  if (o.method != merge::MergeMethod::Subspace && subspace_only)
+    fail("recipe: merge rank=/energy=/svd=/whiten/align apply to merge:subspace only");
+  if (o.subspace.svd == merge::SvdMethod::Randomized && o.subspace.rank <= 0)
+    fail("recipe: merge svd=randomized needs rank=R");
+  return o;
+}
+
+std::string merge_param_names() {
+  std::set<std::string> names;
+  for (auto& row : merge_params()) names.insert(row.key);
+  return join(names);
+}
 
 const Stage* Recipe::find(const std::string& stage) const {
   for (auto& s : stages)
@@ -106,7 +214,7 @@ std::string Recipe::str() const {
   for (auto& st : stages) {
     if (!s.empty()) s += ",";
     s += st.stage + ":" + st.method;
-    for (auto& [k, v] : st.params) s += ":" + (v == "1" && (k == "subbit" || k == "sym" || k == "act_order") ? k : k + "=" + v);
+    for (auto& [k, v] : st.params) s += ":" + (v == "1" && kFlags.count(k) ? k : k + "=" + v);
   }
   return s;
 }
@@ -169,7 +277,7 @@ Recipe parse_recipe(const std::string& text) {
     Stage st{toks[0], toks[1], {}};
     for (size_t i = 2; i < toks.size(); ++i) {
       auto eq = toks[i].find('=');
-      if (eq == std::string::npos) st.params[toks[i]] = "1";
+      if (eq == std::string::npos) st.params[toks[i]] = std::string("1");
       else st.params[toks[i].substr(0, eq)] = toks[i].substr(eq + 1);
     }
     r.stages.push_back(st);
@@ -180,8 +288,11 @@ Recipe parse_recipe(const std::string& text) {
 
 std::string recipe_help() {
   return "stages separated by ',': prune:CRITERION:keep=K|ratio=R (criteria: " + prune::criterion_names() +
-         "), quant:gptq|rtn:bits=2|3|4|8|ternary[:group=N][:sym][:scale=absmean|minmax|opt][:deadzone=F][:rate=F][:subbit][:damp=D][:act_order], "
-         "quant:mixed:budget=BITS[:subbit]";
+         ") or merge:subspace|msmoe|average|frequency:keep=K|ratio=R[:cluster=hc|kmeans|dominant][:rank=R][:energy=E]"
+         "[:svd=exact|randomized][:router=dominant|frequency][:whiten][:align][:seed=S], then "
+         "quant:gptq|rtn:bits=2|3|4|8|ternary[:group=N][:sym][:scale=absmean|minmax|opt][:deadzone=F][:rate=F][:subbit][:damp=D][:act_order] or "
+         "quant:mixed:budget=BITS[:subbit] (bits per routed-expert weight of the source model; chooses per expert among int3/int2 "
+         "g128 and sub-bit ternary codes of increasing sparsity)";
 }
 
 }  // namespace moec::compress

@@ -116,8 +116,16 @@ std::vector<QuantSpec> default_candidates(bool subbit) {
   return out;
 }
 
+void CalibrateReport::append(const CalibrateReport& part) {
+  experts.insert(experts.end(), part.experts.begin(), part.experts.end());
+  expert_weights += part.expert_weights;
+  expert_bytes += part.expert_bytes;
+  fallbacks += part.fallbacks;
+}
+
 CalibrateReport quantize_experts(const model::WeightSource& src, const std::vector<int32_t>& tokens,
-                                 const CalibrateOptions& opt, const PackedSink& sink) {
+                                 const CalibrateOptions& opt, const PackedSink& sink, ResumePoint* resume,
+                                 const LayerDone& on_layer) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto& s = src.spec();
   const int E = s.routing.num_experts, H = s.hidden, I = s.moe_intermediate, T = opt.seq_len;
@@ -127,6 +135,9 @@ CalibrateReport quantize_experts(const model::WeightSource& src, const std::vect
   for (auto& sp : specs) check_packable(sp, "quantize spec " + to_string(sp));
   const bool need_data = opt.method == Method::Gptq || mixed;
   CalibrateReport rep;
+  const int first = resume ? resume->first_layer : 0;
+  if (first < 0 || first > s.num_layers) fail("quantize: cannot resume at layer ", first, " of ", s.num_layers);
+  if (resume) rep = resume->done;
 
   // Calibration activations: whole windows only.
   Matrix h;
@@ -136,14 +147,21 @@ CalibrateReport quantize_experts(const model::WeightSource& src, const std::vect
     N = int64_t(tokens.size()) / T * T;
     if (N == 0) fail("quantize: calibration data has ", tokens.size(), " tokens, fewer than one window of ", T);
     model::check_tokens(tokens, s.vocab, "calibration tokens");
-    model::Forward fwd(src);
-    h = fwd.embed(tokens.data(), N);
+    if (first > 0) {
+      if (resume->h.rows() != N || resume->h.cols() != H)
+        fail("quantize: resumed activations are ", resume->h.rows(), " x ", resume->h.cols(), ", expected ", N, " x ", H);
+      h = std::move(resume->h);
+    } else {
+      model::Forward fwd(src);
+      h = fwd.embed(tokens.data(), N);
+    }
   }
   rep.calib_tokens = N;
   const int64_t chunk = std::max<int64_t>(T, opt.chunk_tokens / std::max(1, T) * std::max(1, T));
 
-  for (int l = 0; l < s.num_layers; ++l) {
+  for (int l = first; l < s.num_layers; ++l) {
     const auto tl = std::chrono::steady_clock::now();
+    CalibrateReport lrep;  // this layer's part
     // A fresh overlay per layer: quantized experts of earlier layers are no longer needed (h is past them).
     model::OverlaySource ov(src);
     model::Forward fwd(ov);
@@ -165,6 +183,7 @@ CalibrateReport quantize_experts(const model::WeightSource& src, const std::vect
         run_moe(fwd, l, w, x, chunk, nullptr, &y);
         h += y;
       }
+      if (on_layer) on_layer(l, need_data ? &h : nullptr, lrep);
       continue;
     }
 
@@ -226,7 +245,7 @@ CalibrateReport quantize_experts(const model::WeightSource& src, const std::vect
         PackedMatrix m = pack(q.q, codec_for(sp, opt.subbit));
         q.info["codec_name"] = codec_name(m.codec);
         if (need_data) q.info["importance"] = importance[size_t(e)];
-        if (opt.method == Method::Gptq && q.path != "gptq") ++rep.fallbacks;  // few tokens / raised damp / RTN
+        if (opt.method == Method::Gptq && q.path != "gptq") ++lrep.fallbacks;  // few tokens / raised damp / RTN
         bytes[size_t(e)] += stored_bytes(m.view());
         auto& r = recs[size_t(e)];
         r.layer = l;
@@ -262,12 +281,14 @@ CalibrateReport quantize_experts(const model::WeightSource& src, const std::vect
     int64_t tmin = INT64_MAX, tmax = 0;
     for (int e = 0; e < E; ++e) {
       recs[size_t(e)].bits_per_weight = 8.0 * double(bytes[size_t(e)]) / double(s.expert_params());
-      rep.expert_bytes += bytes[size_t(e)];
-      rep.expert_weights += s.expert_params();
+      lrep.expert_bytes += bytes[size_t(e)];
+      lrep.expert_weights += s.expert_params();
       tmin = std::min(tmin, recs[size_t(e)].tokens);
       tmax = std::max(tmax, recs[size_t(e)].tokens);
-      rep.experts.push_back(recs[size_t(e)]);
+      lrep.experts.push_back(recs[size_t(e)]);
     }
+    rep.append(lrep);
+    if (on_layer) on_layer(l, need_data ? &h : nullptr, lrep);
     if (opt.progress) {
       double lb = 0;
       for (int e = 0; e < E; ++e) lb += double(bytes[size_t(e)]);

@@ -59,8 +59,23 @@ struct CalibrateReport {
   uint64_t expert_bytes = 0;  // stored bytes of all packed expert matrices
   double seconds = 0.0;
   int fallbacks = 0;          // matrices not quantized by plain GPTQ
+  // Adds another part (e.g. one layer's report): experts, weights, bytes and fallbacks.
+  void append(const CalibrateReport& part);
   double expert_bits_per_weight() const { return expert_weights ? 8.0 * double(expert_bytes) / double(expert_weights) : 0.0; }
 };
+
+// Resumable runs (moec compress --resume). Layers are quantized in order; after layer l is final (all its
+// matrices went to the sink), `on_layer(l, h, part)` receives the calibration activations entering layer
+// l + 1 (nullptr when the method needs no calibration data) and `part`, the layer's own part of the report
+// (experts, expert_bytes, expert_weights, fallbacks). A later run given `ResumePoint{l + 1, h, sum of the
+// layer reports}` continues exactly where that one stopped: the same h gives the same remaining layers
+// (resume->h is moved from).
+struct ResumePoint {
+  int first_layer = 0;   // layers before it are done (their matrices are not produced again)
+  Matrix h;              // activations entering first_layer [calibration tokens x hidden] (empty without data)
+  CalibrateReport done;  // the report of layers 0..first_layer-1
+};
+using LayerDone = std::function<void(int layer, const Matrix* h, const CalibrateReport& part)>;
 
 // Receives each packed expert matrix as soon as it is final (tensor name, matrix, record for moec.json).
 using PackedSink = std::function<void(const std::string& name, const PackedMatrix& m, const nlohmann::ordered_json& info)>;
@@ -73,6 +88,7 @@ void check_packable(const QuantSpec& spec, const std::string& what);
 // Quantizes every routed expert of `src`. `tokens` are cut into windows of seq_len (a trailing partial window
 // is dropped); RTN without a budget needs no calibration data (tokens may be empty).
 CalibrateReport quantize_experts(const model::WeightSource& src, const std::vector<int32_t>& tokens,
-                                 const CalibrateOptions& opt, const PackedSink& sink);
+                                 const CalibrateOptions& opt, const PackedSink& sink, ResumePoint* resume = nullptr,
+                                 const LayerDone& on_layer = {});
 
 }  // namespace moec::quantize

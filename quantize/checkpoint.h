@@ -50,6 +50,9 @@ class PackedLinear final : public model::Linear {
 // Rows [r0, r0 + n) of a packed matrix as a view of their own (no copy).
 PackedView row_slice(const PackedView& v, int r0, int n);
 
+// An owning copy of a packed view (e.g. one read back from a file): every stored array byte for byte.
+PackedMatrix copy_packed(const PackedView& v);
+
 // SHA-256 (hex) of a raw tensor's bytes, as moec.json records them.
 std::string tensor_sha256(const uint8_t* data, size_t n);
 
@@ -98,6 +101,8 @@ class PackedSource final : public model::WeightSource {
   bool is_packed(const std::string& name) const { return packed_.count(name) > 0; }
   // The view of a packed tensor (checksum verified).
   const PackedView& packed(const std::string& name) const;
+  // Its stored bytes (codes, scales, ...), from the codec meta alone: touches none of the tensor's data.
+  uint64_t stored_bytes(const std::string& name) const;
   const io::TensorStore& store() const { return *store_; }
   const nlohmann::json& meta() const { return meta_; }
   void verify_all() const;
