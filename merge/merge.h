@@ -8,7 +8,9 @@
 //     optional activation-aware whitening;
 //   - Average / FrequencyAverage baselines, MSmoe (M-SMoE): align intermediate neurons to the dominant
 //     member by linear assignment, then frequency-weighted average;
-//   - router rows of merged experts; a merge plan that round-trips through JSON.
+//   - router rows of merged experts; a merge plan that round-trips through JSON;
+//   - calibration refit: ridge least squares of a merged layer's down projections (jointly over its
+//     clusters) and router rows against the original layer's outputs on calibration tokens.
 // Everything is deterministic: the same inputs (and seed) give byte-identical outputs.
 #pragma once
 #include <array>
