@@ -30,8 +30,8 @@ static merge::RouterMerge parse_router(const std::string& s) {
 
 static int run_merge(int argc, char** argv) {
   po::options_description opts("options");
-  std::string model_dir, stats_path, calib_path, method = "subspace", cluster = "hc", router = "dominant", plan_in, out,
-                                                   svd = "exact";
+  std::string model_dir, stats_path, calib_path, method = "subspace", cluster = "dominant", router = "dominant", plan_in, out,
+                                                   svd = "exact", refit = "auto", router_target = "max";
   int keep = 0, rank = 0;
   double ratio = 0, energy = 1.0;
   merge::PipelineOptions po_;
@@ -41,13 +41,25 @@ static int run_merge(int argc, char** argv) {
       "method", po::value(&method)->default_value("subspace"), "subspace | msmoe | average | freq-average")(
       "keep", po::value(&keep), "experts per layer after merging")(
       "ratio", po::value(&ratio), "fraction of experts kept per layer (instead of --keep)")(
-      "cluster", po::value(&cluster)->default_value("hc"), "kmeans (normalized mean outputs) | hc (output similarity) | dominant (M-SMoE: top-K frequent lead)")(
+      "cluster", po::value(&cluster)->default_value("dominant"), "kmeans (normalized mean outputs) | hc (output similarity) | dominant (M-SMoE: top-K frequent lead)")(
       "rank", po::value(&rank)->default_value(0), "subspace: rank kept per weight kind (0 = use --energy)")(
       "energy", po::value(&energy)->default_value(1.0), "subspace: fraction of σ² kept (1 = full rank = freq-average)")(
       "svd", po::value(&svd)->default_value("exact"), "subspace: exact | randomized (needs --rank)")(
       "router", po::value(&router)->default_value("dominant"), "merged router row: dominant | freq")(
       "whiten", "subspace: activation-aware whitening with per-expert input correlations (needs --calib)")(
       "align", "subspace: align neurons to the dominant member first (activations with --calib, else weights)")(
+      "refit", po::value(&refit)->default_value("auto"),
+      "calibration refit after merging (needs --calib): none | down | router | all | auto (= down for "
+      "--method subspace when --calib is given, else none)")(
+      "refit-damp", po::value(&po_.refit.damp)->default_value(1e-3), "refit: ridge damping of the down projections")(
+      "router-damp", po::value(&po_.router_damp)->default_value(1e-3), "refit: ridge damping of the router rows")(
+      "router-target", po::value(&router_target)->default_value("max"),
+      "refit: cluster logit the router rows reproduce: max (best member) | lse (log-sum-exp of the members)")(
+      "sequential", "refit on inputs of the model with earlier layers already merged")(
+      "residual-target", "sequential refit: fit the original model's residual stream (corrects earlier layers)")(
+      "weight-power", po::value(&po_.weight_power)->default_value(1.0),
+      "merge weights = selection frequency ^ P (1 = frequency-weighted; larger leans towards the dominant member)")(
+      "dominant-gate-up", "subspace: keep the dominant member's gate/up projections, merge only down")(
       "plan-only", "write the plan (JSON) to -o and stop")(
       "plan", po::value(&plan_in), "apply this plan (JSON) instead of clustering")(
       "calib-tokens", po::value(&po_.calib_tokens)->default_value(32768), "use the first N calibration tokens")(
@@ -86,12 +98,28 @@ static int run_merge(int argc, char** argv) {
   po_.router = parse_router(router);
   po_.whiten = vm.count("whiten");
   po_.align = vm.count("align");
+  po_.dominant_gate_up = vm.count("dominant-gate-up");
+  if (!(po_.weight_power >= 0 && std::isfinite(po_.weight_power))) fail("--weight-power ", po_.weight_power, " must be >= 0");
+  if (refit == "auto") {
+    refit = po_.method == merge::MergeMethod::Subspace && vm.count("calib") && !vm.count("plan-only") ? "down" : "none";
+    if (refit == "down") log_info("merge: refitting the merged down projections on the --calib tokens (--refit none to skip)");
+  }
+  if (refit == "down" || refit == "all") po_.refit_down = true;
+  if (refit == "router" || refit == "all") po_.refit_router = true;
+  if (refit != "none" && refit != "down" && refit != "router" && refit != "all")
+    fail("--refit: expected none, down, router, all or auto, got '", refit, "'");
+  if (router_target == "max") po_.router_target = merge::ClusterLogit::Max;
+  else if (router_target == "lse") po_.router_target = merge::ClusterLogit::LogSumExp;
+  else fail("--router-target: expected max or lse, got '", router_target, "'");
+  po_.sequential = vm.count("sequential");
+  po_.residual_target = vm.count("residual-target");
   po_.subspace.rank = rank;
   po_.subspace.energy = energy;
   if (svd == "randomized") po_.subspace.svd = merge::SvdMethod::Randomized;
   else if (svd != "exact") fail("--svd: expected exact or randomized, got '", svd, "'");
-  if (po_.method != merge::MergeMethod::Subspace && (rank != 0 || energy != 1.0 || po_.whiten || po_.align))
-    fail("--rank/--energy/--whiten/--align apply to --method subspace only");
+  if (po_.method != merge::MergeMethod::Subspace &&
+      (rank != 0 || energy != 1.0 || po_.whiten || po_.align || po_.dominant_gate_up))
+    fail("--rank/--energy/--whiten/--align/--dominant-gate-up apply to --method subspace only");
 
   std::vector<merge::LayerSignals> signals;
   const std::vector<merge::LayerSignals>* sig = nullptr;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -171,7 +172,14 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
   if (want_whiten && opt.method != MergeMethod::Subspace) fail("merge: --whiten applies to the subspace method only");
   if ((compute_signals || want_whiten) && calib.empty())
     fail(compute_signals ? "merge: no statistics: give --stats (or --calib to compute them)" : "merge: --whiten needs --calib tokens");
-  const bool use_calib = !calib.empty() && (compute_signals || want_whiten || (acts_for_align && !plan_only));
+  const bool want_refit = (opt.refit_router || opt.refit_down) && !plan_only;
+  if (want_refit && calib.empty()) fail("merge: the calibration refit needs --calib tokens");
+  if (want_refit && spec.routing.scoring != model::Scoring::Softmax)
+    fail("merge: the calibration refit supports softmax routers only (", spec.model_type, " uses sigmoid scores)");
+  if (opt.residual_target && !opt.sequential) fail("merge: the residual-stream target needs the sequential refit");
+  const bool seq = want_refit && opt.sequential;
+  const bool use_calib =
+      !calib.empty() && (compute_signals || want_whiten || want_refit || (acts_for_align && !plan_only));
 
   std::unique_ptr<model::Forward> fwd;
   Matrix h;
@@ -184,6 +192,48 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
     fwd = std::make_unique<model::Forward>(src);
     h = fwd->embed(calib.data(), n);
   }
+  Matrix hm;  // sequential refit: the residual stream of the model with layers < l merged
+  if (seq) hm = h;
+
+  // Calibration refit of one merged layer on MoE inputs xr (docs/MERGING.md §8). With the sequential
+  // refit, `hm` (post-attention residual of the merged model) is advanced by the merged MoE output.
+  // h_mid + y_orig is the original model's output of this layer (residual-stream target).
+  auto refit_layer = [&](int l, const std::vector<Expert>& ex, const Clusters& cl, const model::LayerWeights& w,
+                         const Matrix& xr, MergedLayer& ml, Matrix* hm, const Matrix& h_mid, const Matrix& y_orig) {
+    Matrix logits;
+    model::gemm_nt(xr, w.router, logits);
+    const model::Routing ro = model::route(logits, spec.routing);
+    Matrix target = routed_output(ex, ro, xr);
+    Matrix shared;  // the (unmerged) shared expert's contribution on xr
+    if (hm && spec.shared_intermediate > 0) shared = fwd->moe(l, w, xr) - target;
+    if (hm && opt.residual_target) {
+      target = h_mid + y_orig - *hm;
+      if (shared.size()) target -= shared;
+    }
+    std::string msg = "merge: layer " + std::to_string(l) + " refit:";
+    if (opt.refit_router) {
+      ml.router = refit_router(ml.router, xr, cluster_logits(logits, cl, opt.router_target), opt.router_damp);
+      msg += " router";
+    }
+    model::RoutingSpec rk = spec.routing;
+    rk.num_experts = int(cl.size());
+    if (rk.method != model::TopkMethod::Greedy && rk.num_experts % rk.n_group != 0)
+      fail("merge: refit: ", rk.num_experts, " merged experts do not split into ", rk.n_group, " routing groups");
+    Matrix lm;
+    model::gemm_nt(xr, ml.router, lm);
+    const model::Routing rm = model::route(lm, rk);
+    if (opt.refit_down) {
+      const RefitReport r = refit_down(ml.experts, rm, xr, target, opt.refit);
+      char buf[128];
+      std::snprintf(buf, sizeof buf, " down (relative output error %.4f -> %.4f)", r.error_before, r.error_after);
+      msg += buf;
+    }
+    if (opt.progress) log_info(msg);
+    if (hm) {
+      *hm += routed_output(ml.experts, rm, xr);
+      if (shared.size()) *hm += shared;
+    }
+  };
 
   MergePlan plan;
   plan.router = given ? given->router : opt.router;
@@ -201,6 +251,11 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
       fwd->attention(l, w, h, opt.window);
       x = fwd->moe_input(w, h);
       y = fwd->moe(l, w, x, &hk);
+    }
+    Matrix xm;
+    if (seq) {
+      fwd->attention(l, w, hm, opt.window);
+      xm = fwd->moe_input(w, hm);
     }
     LayerSignals computed;
     const LayerSignals* sig = signals ? &(*signals)[size_t(l)] : nullptr;
@@ -244,6 +299,7 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
       mo.method = lp.method;
       mo.subspace = opt.subspace;
       mo.align_for_subspace = opt.align;
+      mo.dominant_gate_up = opt.dominant_gate_up;
       MergedLayer ml;
       for (auto& cp : lp.clusters) {
         std::vector<const Expert*> mem;
@@ -253,7 +309,7 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
         for (int e : cp.members) {
           if (e == cp.dominant) dom = int(mem.size());
           mem.push_back(&ex[size_t(e)]);
-          f.push_back(freq[size_t(e)]);
+          f.push_back(std::pow(freq[size_t(e)], opt.weight_power));
           if (!stats.empty()) st.push_back(stats[size_t(e)]);
         }
         MergedExpert me = merge_cluster(mem, f, dom, mo, st);
@@ -269,6 +325,7 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
       }
       const Matrix router = use_calib ? w.router : src.matrix(spec.router(l));
       ml.router = merge_router(router, cl, dominants, freq, plan.router);
+      if (want_refit) refit_layer(l, ex, cl, w, seq ? xm : x, ml, seq ? &hm : nullptr, h, y);
       sink(l, std::move(ml));
     }
     plan.layers.push_back(std::move(lp));

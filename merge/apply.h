@@ -29,9 +29,11 @@ ClusterAlgo cluster_algo_from_string(const std::string& s);  // "kmeans" | "hc" 
 struct PipelineOptions {
   MergeMethod method = MergeMethod::Subspace;
   int keep = 0;                       // experts (clusters) per layer after merging, 1..E
-  ClusterAlgo cluster = ClusterAlgo::Hierarchical;
+  ClusterAlgo cluster = ClusterAlgo::Dominant;
   SubspaceOptions subspace;           // rank / energy (Subspace only)
   bool align = false;                 // Subspace: align neurons to the dominant member first
+  bool dominant_gate_up = false;      // Subspace: keep the dominant member's gate/up (only down merged)
+  double weight_power = 1.0;          // merge weights = frequency^power (1: Sub-MoE / M-SMoE; larger: towards the dominant)
   RouterMerge router = RouterMerge::Dominant;
   bool whiten = false;                // Subspace: activation-aware whitening (needs calibration tokens)
   uint64_t seed = 0;                  // k-means seed
@@ -39,6 +41,14 @@ struct PipelineOptions {
   int64_t calib_tokens = 32768;       // first N calibration tokens used
   int align_tokens = 2048;            // shared tokens for activation-based neuron alignment (M-SMoE)
   int sample_tokens = 512;            // tokens sampled for output similarity when computing stats here
+  // Calibration refit after merging (needs calibration tokens; docs/MERGING.md §8).
+  bool refit_router = false;          // router rows fitted to the clusters' log-sum-exp logits
+  bool refit_down = false;            // down projections fitted (jointly) to the original routed output
+  double router_damp = 1e-3;          // router ridge λ relative to mean(diag XᵀX)
+  ClusterLogit router_target = ClusterLogit::Max;  // what the refit router rows reproduce
+  RefitOptions refit;                 // down projection solve
+  bool sequential = false;            // refit on inputs of the model with earlier layers already merged
+  bool residual_target = false;       // sequential: target the original residual stream (corrects earlier layers' error)
   bool progress = true;
 };
 

@@ -156,12 +156,16 @@ MergedExpert merge_cluster(const std::vector<const Expert*>& members, std::span<
     for (size_t i = 0; all_hidden && i < k; ++i) hidden.push_back(stats[i].hidden_corr);
     for (size_t i = 0; all_inter && i < k; ++i) inter.push_back(align ? &inter_corr[i] : stats[i].inter_corr);
     Matrix Expert::*mats[3] = {&Expert::gate, &Expert::up, &Expert::down};
-    for (int t = 0; t < 3; ++t) {
+    // dominant_gate_up: gate/up are the dominant member's own (rank 0 = not factored), only down is merged.
+    for (int t = opt.dominant_gate_up ? 2 : 0; t < 3; ++t) {
       out.factors[size_t(t)] = subspace_merge(gather(mats[t]), freq, opt.subspace, t < 2 ? hidden : inter);
       out.rank[size_t(t)] = out.factors[size_t(t)].rank;
       out.energy[size_t(t)] = out.factors[size_t(t)].energy_kept;
     }
-    out.weights = {out.factors[0].merged, out.factors[1].merged, out.factors[2].merged};
+    if (opt.dominant_gate_up)
+      out.weights = {use[size_t(dominant)]->gate, use[size_t(dominant)]->up, out.factors[2].merged};
+    else
+      out.weights = {out.factors[0].merged, out.factors[1].merged, out.factors[2].merged};
     return out;
   }
   const std::vector<double> w = opt.method == MergeMethod::Average ? std::vector<double>(k, 1.0) : freq;

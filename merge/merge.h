@@ -8,7 +8,9 @@
 //     optional activation-aware whitening;
 //   - Average / FrequencyAverage baselines, MSmoe (M-SMoE): align intermediate neurons to the dominant
 //     member by linear assignment, then frequency-weighted average;
-//   - router rows of merged experts; a merge plan that round-trips through JSON.
+//   - router rows of merged experts; a merge plan that round-trips through JSON;
+//   - calibration refit: ridge least squares of a merged layer's down projections (jointly over its
+//     clusters) and router rows against the original layer's outputs on calibration tokens.
 // Everything is deterministic: the same inputs (and seed) give byte-identical outputs.
 #pragma once
 #include <array>
@@ -20,6 +22,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "core/matrix.h"
+#include "model/router.h"
 
 namespace moec::merge {
 
@@ -141,6 +144,7 @@ struct MergeOptions {
   MergeMethod method = MergeMethod::Subspace;
   SubspaceOptions subspace;     // for gate, up and down alike
   bool align_for_subspace = false;  // Subspace: align neurons to the dominant member first (as MSmoe does)
+  bool dominant_gate_up = false;    // Subspace: keep the dominant member's gate/up unchanged (only down is merged)
 };
 
 // Optional calibration statistics of one member (any pointer may be null).
@@ -162,6 +166,61 @@ struct MergedExpert {
 MergedExpert merge_cluster(const std::vector<const Expert*>& members, std::span<const double> frequency,
                            int dominant, const MergeOptions& opt = {},
                            std::span<const ExpertStats> stats = {});
+
+// ------------------------------------------------------------------------------------ calibration refit
+//
+// After the weights of a layer are merged, the merged layer can be fitted to what the ORIGINAL layer
+// produced on calibration tokens (docs/MERGING.md §8). Both refits are closed-form ridge least squares in
+// double, regularized towards the merged weights (so directions the calibration data never excites keep
+// their merged values).
+
+// Ridge least squares with a prior: the B [m x d] minimizing Σ_t ||y_t − B z_t||² + λ ||B − B0||_F²,
+// given the sums zz = Σ_t z_t z_tᵀ [d x d] and yz = Σ_t y_t z_tᵀ [m x d]:
+//   B = (yz + λ B0) (zz + λ I)⁻¹,   λ = damp · mean(diag zz)
+// (λ = damp when diag zz is all zero). B0 empty = zero prior. Cholesky in double; fails when zz + λI is
+// not positive definite (damp = 0 on rank-deficient data).
+MatrixD ridge_solve(const MatrixD& zz, const MatrixD& yz, double damp, const MatrixD& prior = {});
+
+// Intermediate activations silu(gate · x) ⊙ (up · x) of an expert on rows x [n x H]: [n x I].
+Matrix expert_activations(const Expert& e, const Matrix& x);
+
+// The routed part of an MoE layer: y_t = Σ_j w_tj · E_{e_tj}(x_t) for the routing r of rows x [n x H].
+Matrix routed_output(const std::vector<Expert>& experts, const model::Routing& r, const Matrix& x);
+
+// Router logits a merged layer should reproduce, per token and cluster, from the original logits [n x E]:
+//   Max:        max_{e∈c} logit_e — the top-k selection and renormalized weights of every token whose
+//               chosen experts lie in distinct clusters are exactly the original ones;
+//   LogSumExp:  log Σ_{e∈c} exp(logit_e) — softmax over clusters gives each cluster the summed
+//               probability of its members.
+// Softmax routers only.
+enum class ClusterLogit { Max, LogSumExp };
+Matrix cluster_logits(const Matrix& logits, const Clusters& clusters, ClusterLogit how = ClusterLogit::Max);
+
+struct RefitOptions {
+  double damp = 1e-3;        // ridge λ for the down projections, relative to mean(diag ZᵀZ)
+  int64_t max_joint = 8192;  // one joint solve when K·I <= max_joint, else block coordinate descent
+  int sweeps = 8;            // block coordinate descent: passes over the clusters
+  int64_t chunk = 2048;      // tokens per accumulation chunk
+};
+
+// Refits merged router rows: W [K x H] minimizing ||T − X Wᵀ||² + λ ||W − W0||² (T = target logits [n x K],
+// X = MoE inputs [n x H], W0 = the merged router). Returns the new router.
+Matrix refit_router(const Matrix& router, const Matrix& x, const Matrix& target_logits, double damp);
+
+struct RefitReport {
+  double error_before = 0;  // Σ_t ||target_t − y_t||² / Σ_t ||target_t||² with the merged downs
+  double error_after = 0;   // the same after the refit
+};
+
+// Refits the down projections of a merged layer. With the merged routing r of rows x (expert ids = indices
+// of `experts`) and activations h_c = expert_activations(experts[c], x), the layer's routed output
+// Σ_j w_tj D_{c_tj} h_{c_tj}(x_t) is linear in (D_1 … D_K): solve
+//   min Σ_t ||target_t − Σ_j w_tj D_{c_tj} h_{c_tj}(x_t)||² + λ Σ_c ||D_c − D_c⁰||²
+// (λ = damp · mean of the diagonal of the joint Gram matrix) jointly when K·I <= max_joint, else by block
+// coordinate descent over clusters (each block an exact ridge solve, `sweeps` passes; converges to the
+// joint solution). Gate/up are unchanged.
+RefitReport refit_down(std::vector<Expert>& experts, const model::Routing& r, const Matrix& x, const Matrix& target,
+                       const RefitOptions& opt = {});
 
 // -------------------------------------------------------------------------------------------------- router
 

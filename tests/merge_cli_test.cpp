@@ -91,6 +91,19 @@ TEST(MergeCli, IdenticalExpertsKeepTheModelsOutputs) {
     // Identical bf16 experts average to themselves (subspace: full-rank SVD round trip, then bf16).
     EXPECT_LT(max_abs_diff(got, ref), std::string(method) == "subspace" ? 2e-2 : 1e-4);
   }
+  // The calibration refit keeps them too: the merged layer already reproduces the original one exactly
+  // (the max-logit router target is the shared row's logit; the down targets are met by the merged downs),
+  // so the ridge solves, regularized towards the merged weights, return them.
+  write_file_atomic(fx.dir / "plan.json", plan_json(fx.spec.num_layers, 4, {{0, 1}, {2}, {3}}, "subspace"));
+  for (const char* extra : {"--refit all", "--refit all --sequential --residual-target"}) {
+    SCOPED_TRACE(extra);
+    const std::string out = (fx.dir / "m_refit").string();
+    auto r = test::run_cli(fx.base(std::string("--method subspace --force ") + extra + " --plan " +
+                                   (fx.dir / "plan.json").string() + " -o " + out));
+    ASSERT_EQ(r.code, 0) << r.err;
+    model::CheckpointSource merged(out);
+    EXPECT_LT(max_abs_diff(all_logits(merged, fx.probe, 32), ref), 2e-2);
+  }
   // Control: merging two different experts does change the outputs.
   write_file_atomic(fx.dir / "plan2.json", plan_json(fx.spec.num_layers, 4, {{0, 1}, {2, 3}}, "average"));
   auto r = test::run_cli(fx.base("--method average --plan " + (fx.dir / "plan2.json").string() + " -o " +
@@ -127,6 +140,25 @@ TEST(MergeCli, ReRunsAreByteIdenticalAndPlansRoundTrip) {
   EXPECT_EQ(sha256_file(fx.dir / "a" / "model.safetensors"), sha256_file(fx.dir / "c" / "model.safetensors"));
 }
 
+TEST(MergeCli, RefitReRunsAreByteIdenticalAndLowerTheOutputError) {
+  Fixture fx;
+  const std::string args = "--method subspace --keep 2 --cluster dominant --align --energy 0.9 --refit all --sequential";
+  for (const char* o : {"a", "b"}) {
+    auto r = test::run_cli(fx.base(args + " -o " + (fx.dir / o).string()));
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.err.find("refit: router down (relative output error"), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(sha256_file(fx.dir / "a" / "model.safetensors"), sha256_file(fx.dir / "b" / "model.safetensors"));
+  // The refit model is closer to the original on the calibration tokens than the plain merge.
+  auto r = test::run_cli(fx.base("--method subspace --keep 2 --cluster dominant --align --energy 0.9 --refit none -o " +
+                                 (fx.dir / "plain").string()));
+  ASSERT_EQ(r.code, 0) << r.err;
+  model::CheckpointSource orig(fx.dir / "model"), refit(fx.dir / "a"), plain(fx.dir / "plain");
+  const std::vector<int32_t> calib(fx.calib.begin(), fx.calib.begin() + 64);
+  const Matrix ref = all_logits(orig, calib, 32);
+  EXPECT_LT((all_logits(refit, calib, 32) - ref).norm(), (all_logits(plain, calib, 32) - ref).norm());
+}
+
 TEST(MergeCli, BadPlansAndOptionsAreRejected) {
   Fixture fx;
   const int L = fx.spec.num_layers;
@@ -160,6 +192,14 @@ TEST(MergeCli, BadPlansAndOptionsAreRejected) {
   EXPECT_NE(r.err.find("unknown method"), std::string::npos) << r.err;
   r = test::run_cli(fx.base("--method average --keep 2 --whiten -o " + (fx.dir / "never").string()));
   EXPECT_NE(r.code, 0);
+  r = test::run_cli(fx.base("--method subspace --keep 2 --refit sideways -o " + (fx.dir / "never").string()));
+  EXPECT_NE(r.err.find("--refit"), std::string::npos) << r.err;
+  r = test::run_cli(fx.base("--method subspace --keep 2 --refit down --residual-target -o " + (fx.dir / "never").string()));
+  EXPECT_NE(r.err.find("sequential"), std::string::npos) << r.err;
+  write_file_atomic(fx.dir / "ok.json", plan_json(L, 4, {{0, 1}, {2, 3}}, "subspace"));
+  r = test::run_cli("merge " + (fx.dir / "model").string() + " --method subspace --refit down --plan " +
+                    (fx.dir / "ok.json").string() + " -o " + (fx.dir / "never").string());
+  EXPECT_NE(r.err.find("--calib"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(fx.dir / "never"));
 }
 

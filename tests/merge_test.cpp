@@ -251,6 +251,25 @@ TEST(MergeCluster, FrequencyWeightsAndFactors) {
   EXPECT_THROW(merge_cluster(members, f, 2, o), Error);
 }
 
+TEST(MergeCluster, DominantGateUpKeepsTheDominantsFeatures) {
+  std::mt19937 g(12);
+  Expert a = random_expert(8, 6, g), b = random_expert(8, 6, g);
+  std::vector<const Expert*> members = {&a, &b};
+  std::vector<double> f = {10, 30};
+  MergeOptions o;
+  o.dominant_gate_up = true;
+  o.align_for_subspace = true;
+  const MergedExpert r = merge_cluster(members, f, 1, o);
+  EXPECT_TRUE(same_bytes(r.weights.gate, b.gate));
+  EXPECT_TRUE(same_bytes(r.weights.up, b.up));
+  EXPECT_EQ(r.rank[0], 0);  // gate/up not factored
+  EXPECT_EQ(r.rank[1], 0);
+  EXPECT_GT(r.rank[2], 0);
+  // down: the full-rank subspace merge of the aligned members = their frequency-weighted average.
+  const Expert a_aligned = permute_neurons(a, align_neurons(b, a));
+  EXPECT_LT(rel(r.weights.down, 0.25f * a_aligned.down + 0.75f * b.down), 1e-5f);
+}
+
 TEST(MergeCluster, Deterministic) {
   std::mt19937 g(11);
   Expert a = random_expert(19, 11, g), b = random_expert(19, 11, g), c = random_expert(19, 11, g);
