@@ -21,16 +21,17 @@ static int run_compress(int argc, char** argv) {
       "max-calib-tokens", po::value(&o.max_calib_tokens)->default_value(-1), "use only the first N calibration tokens")(
       "max-eval-tokens", po::value(&o.max_eval_tokens)->default_value(-1), "use only the first N evaluation tokens")(
       "seq-len", po::value(&o.seq_len)->default_value(256), "window length for calibration and evaluation")(
-      "resume", "continue an interrupted run in OUT (its .work holds the finished stages)")(
+      "resume", "continue an interrupted run in OUT (its .work holds the finished stages and quantized layers)")(
       "force", "replace an existing OUT")("json", "print the result as JSON on stdout");
   po::positional_options_description pos;
   pos.add("model", 1);
   po::variables_map vm;
   if (!parse_options(argc, argv,
                      "compress MODEL --calib CALIB.npy [--eval EVAL.npy] [--recipe R] -o OUT [--resume] [--force] [--json]",
-                     "Runs a whole compression recipe: profile -> prune -> quantize (GPTQ sequential, layer by layer)\n"
-                     "-> evaluate, and writes a checkpoint that `moec eval` runs and `moec export` converts, with\n"
-                     "report.html and report.json. Recipe grammar: " +
+                     "Runs a whole compression recipe: profile -> prune or merge -> quantize (GPTQ sequential, layer by\n"
+                     "layer) -> evaluate, and writes a checkpoint that `moec eval` runs and `moec export` converts, with\n"
+                     "report.html and report.json. Every finished stage and every quantized layer is committed under\n"
+                     "OUT/.work: after a crash or kill, --resume continues with byte-identical output. Recipe grammar: " +
                          compress::recipe_help() + "\nExample: --recipe " + compress::kDefaultRecipe,
                      opts, pos, vm))
     return 0;
@@ -59,6 +60,6 @@ static int run_compress(int argc, char** argv) {
   return 0;
 }
 
-MOEC_COMMAND(compress, "run a whole compression recipe (profile, prune, quantize, evaluate, report)", run_compress);
+MOEC_COMMAND(compress, "run a whole compression recipe (profile, prune or merge, quantize, evaluate, report)", run_compress);
 
 }  // namespace moec::cli

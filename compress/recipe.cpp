@@ -80,6 +80,14 @@ const std::vector<MergeParam>& merge_params() {
       {"align", [](PO& o, const std::string& v) { o.align = to_flag("align", v); }},
       {"seed", [](PO& o, const std::string& v) { o.seed = uint64_t(to_int("seed", v, 0)); }},
       {"align_tokens", [](PO& o, const std::string& v) { o.align_tokens = to_int("align_tokens", v, 1); }},
+      {"weight_power", [](PO& o, const std::string& v) { o.weight_power = to_double("weight_power", v, 0, 16, true); }},
+      {"refit",  // calibration refit (docs/MERGING.md §8); default: down projections for subspace, none otherwise
+       [](PO& o, const std::string& v) {
+         if (v != "none" && v != "down" && v != "router" && v != "all")
+           fail("recipe: merge refit=", v, " is unknown (allowed: none, down, router, all)");
+         o.refit_down = v == "down" || v == "all";
+         o.refit_router = v == "router" || v == "all";
+       }},
   };
   return t;
 }
@@ -172,6 +180,8 @@ merge::PipelineOptions merge_options(const Stage& st, int num_experts) {
   } catch (const Error&) {
     fail("recipe: merge method '", st.method, "' is unknown (allowed: subspace, msmoe, average, frequency)");
   }
+  // As `moec merge --refit auto`: a recipe always has calibration tokens, so subspace merges are refit.
+  o.refit_down = o.method == merge::MergeMethod::Subspace;
   for (auto& [k, v] : st.params) {
     const MergeParam* p = nullptr;
     for (auto& row : merge_params())
@@ -289,7 +299,7 @@ Recipe parse_recipe(const std::string& text) {
 std::string recipe_help() {
   return "stages separated by ',': prune:CRITERION:keep=K|ratio=R (criteria: " + prune::criterion_names() +
          ") or merge:subspace|msmoe|average|frequency:keep=K|ratio=R[:cluster=hc|kmeans|dominant][:rank=R][:energy=E]"
-         "[:svd=exact|randomized][:router=dominant|frequency][:whiten][:align][:seed=S], then "
+         "[:svd=exact|randomized][:router=dominant|frequency][:whiten][:align][:seed=S][:weight_power=P][:refit=none|down|router|all], then "
          "quant:gptq|rtn:bits=2|3|4|8|ternary[:group=N][:sym][:scale=absmean|minmax|opt][:deadzone=F][:rate=F][:subbit][:damp=D][:act_order] or "
          "quant:mixed:budget=BITS[:subbit] (bits per routed-expert weight of the source model; chooses per expert among int3/int2 "
          "g128 and sub-bit ternary codes of increasing sparsity)";

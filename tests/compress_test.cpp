@@ -309,6 +309,16 @@ TEST(Compress, MergeRecipeGivesFewerExpertsWithinBudget) {
   auto ev = test::run_cli("eval " + (dir / "mq").string() + " --tokens " + (dir / "eval.npy").string() + " --window 128 --json");
   ASSERT_EQ(ev.code, 0) << ev.err;
   EXPECT_NEAR(nlohmann::json::parse(ev.out)["ppl"].get<double>(), ppl, 1e-9 * ppl);
+  // Killed after the first quantized layer of the merged model, resumed: the same files (the merged model
+  // in .work is reused, layer 0 restored).
+  setenv("MOEC_TEST_KILL_AFTER_LAYER", "0", 1);
+  auto killed = test::run_cli(base + " --recipe merge:subspace:keep=3,quant:mixed:budget=1.5 -o " + (dir / "mq2").string());
+  unsetenv("MOEC_TEST_KILL_AFTER_LAYER");
+  EXPECT_NE(killed.code, 0);
+  EXPECT_TRUE(fs::exists(dir / "mq2" / ".work" / "merged" / "moec.json"));
+  r = test::run_cli(base + " --recipe merge:subspace:keep=3,quant:mixed:budget=1.5 -o " + (dir / "mq2").string() + " --resume");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(files_of(dir / "mq"), files_of(dir / "mq2"));
 
   // Merge only: the same bytes as `moec merge` with the run's statistics.
   r = test::run_cli(base + " --recipe merge:frequency:keep=4 -o " + (dir / "m").string());
