@@ -61,8 +61,10 @@ TEST(Recipe, RejectsBadRecipesListingWhatIsAllowed) {
   EXPECT_NE(error_of("merge:magic:keep=4").find("subspace, msmoe, average, frequency"), std::string::npos);
   EXPECT_NE(error_of("merge:subspace").find("keep=K"), std::string::npos);
   EXPECT_NE(error_of("merge:subspace:keep=0").find("integer >= 1"), std::string::npos);
-  EXPECT_NE(error_of("merge:subspace:keep=6:refit=2").find("allowed: align, align_tokens, cluster, energy, keep, rank, ratio, router, seed, svd, whiten"),
-            std::string::npos) << error_of("merge:subspace:keep=6:refit=2");
+  EXPECT_NE(error_of("merge:subspace:keep=6:depth=2").find("allowed: align, align_tokens, cluster, energy, keep, rank, ratio, refit, router, seed, svd, weight_power, whiten"),
+            std::string::npos) << error_of("merge:subspace:keep=6:depth=2");
+  EXPECT_NE(error_of("merge:subspace:keep=6:refit=2").find("none, down, router, all"), std::string::npos);
+  EXPECT_NE(error_of("merge:subspace:keep=6:weight_power=-1").find("weight_power"), std::string::npos);
   EXPECT_NE(error_of("merge:subspace:keep=6:cluster=spectral").find("kmeans"), std::string::npos);
   EXPECT_NE(error_of("merge:subspace:keep=6:energy=1.5").find("(0, 1]"), std::string::npos);
   EXPECT_NE(error_of("merge:msmoe:keep=6:rank=8").find("merge:subspace only"), std::string::npos);
