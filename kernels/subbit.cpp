@@ -49,7 +49,7 @@ std::unique_ptr<SubbitDict> build_dict(SubbitParams p) {
     expand(n);
     leaves += 2;
   }
-  d->seq.assign(SubbitDict::kCodewords, 3);  // unused codewords: length 0 (terminator at position 0)
+  d->seq.assign(SubbitDict::kCodewords, 0);
   d->len.assign(SubbitDict::kCodewords, 0);
   // Depth-first numbering of the leaves.
   struct Frame {
@@ -65,8 +65,7 @@ std::unique_ptr<SubbitDict> build_dict(SubbitParams p) {
     SubbitDict::Node& nd = d->trie[f.node];
     if (f.node != 0 && nd.child[0] < 0) {
       nd.codeword = next;
-      // Terminator: code 3 (never a real code) right after the sequence, when there is room.
-      d->seq[next] = f.seq | (f.dep < SubbitDict::kMaxLen ? uint64_t(3) << (2 * f.dep) : 0);
+      d->seq[next] = f.seq;
       d->len[next] = uint8_t(f.dep);
       d->max_len = std::max(d->max_len, f.dep);
       ++next;

@@ -17,9 +17,8 @@ struct SubbitDict {
   static constexpr int kCodewords = 1 << kCodewordBits;
   static constexpr int kMaxLen = 32;  // ternary codes per codeword (fits one u64 of 2-bit codes)
   SubbitParams params;
-  // Decode tables indexed by codeword: the codes (tern2 codes 0/1/2, 2 bits each, LSB first) followed, when the
-  // length is below 32, by a terminator code 3 (higher bits 0), so that len = subbit_seq_len(seq); and the
-  // sequence length (0 = codeword not in the dictionary, seq = 3).
+  // Decode tables indexed by codeword: the codes (tern2 codes 0/1/2, 2 bits each, LSB first; unused high bits 0)
+  // and the sequence length (0 = codeword not in the dictionary).
   std::vector<uint64_t> seq;
   std::vector<uint8_t> len;
   int used = 0;     // codewords in the dictionary
@@ -41,16 +40,6 @@ void subbit_encode_row(const SubbitDict& d, const uint8_t* codes, int n, std::ve
 // Empirical entropy (bits/weight) of the ternary codes of a matrix, as a yardstick for the subbit rate.
 double ternary_entropy(uint64_t n0, uint64_t nplus, uint64_t nminus);
 
-// Length of a dictionary sequence from its seq entry: the position of the first code 3 (32 when there is none).
-inline int subbit_seq_len(uint64_t seq) {
-  const uint64_t t = seq & (seq >> 1) & 0x5555555555555555ull;  // bit 2k set where code k is 3
-  return t ? __builtin_ctzll(t) >> 1 : 32;
-}
-// The codes of a seq entry without the terminator.
-inline uint64_t subbit_seq_codes(uint64_t seq, unsigned len) {
-  return len >= 32 ? seq : seq & ((uint64_t(1) << (2 * len)) - 1);
-}
-
 // Decodes row r of a subbit view into buf as a tern2 row: words = blocks_per_row() + 1 little-endian u64
 // (word b = block b). Bits past cols are cleared. Never writes outside buf even for a corrupt stream.
 // Returns the number of weights the stream produced for the row (>= cols for a valid stream).
@@ -69,8 +58,8 @@ inline int64_t subbit_decode_row(const PackedView& v, int r, uint64_t* buf) {
   for (uint32_t i = b; i < e && pos < v.cols; ++i) {
     uint16_t cw;
     std::memcpy(&cw, v.codes + 2 * size_t(i), 2);
+    const uint64_t s = seq[cw];
     const unsigned L = len[cw];
-    const uint64_t s = subbit_seq_codes(seq[cw], L);
     const unsigned sh = unsigned(pos & 31) * 2;
     const uint64_t lo = cur | (s << sh);
     const uint64_t hi = (s >> 1) >> (63 - sh);  // bits of s that spill into word w + 1 (0 when sh = 0)
