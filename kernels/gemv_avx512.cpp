@@ -72,10 +72,20 @@ struct DecInt2 {
 
 struct DecTern2 : DecInt2 {
   DecTern2() : DecInt2() {}
-  // codes 0,1,2,3 -> 0, +s, -ns, 0 (+s = 1*s + 0*ns and -ns = 0*s - 1*ns are exact).
+  // codes 0,1,2,3 -> 0, +s, -ns, 0 in every 128-bit lane (blends: exact for any s, ns, including inf/NaN).
   static Param param(float s, float ns) {
-    return _mm512_fmadd_ps(_mm512_set4_ps(0.0f, -1.0f, 0.0f, 0.0f), _mm512_set1_ps(ns),
-                           _mm512_mul_ps(_mm512_set4_ps(0.0f, 0.0f, 1.0f, 0.0f), _mm512_set1_ps(s)));
+    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(0x2222, _mm512_set1_ps(s)), 0x4444, _mm512_set1_ps(-ns));
+  }
+};
+
+// Decoded subbit rows for the tiles: one byte per weight whose low 2 bits are the tern2 code (higher bits are
+// ignored by vpermilps), written by subbit_decode_bytes.
+struct DecSubbitBytes : DecTern2 {
+  static constexpr int kBytes = 32;
+  DecSubbitBytes() : DecTern2() {}
+  void block(const uint8_t* p, const Param& tab, __m512& w0, __m512& w1) const {
+    w0 = _mm512_permutevar_ps(tab, _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    w1 = _mm512_permutevar_ps(tab, _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
   }
 };
 
@@ -249,72 +259,6 @@ void tiles(const Dec& dec, const PackedView& W, int nr, const uint8_t* const* co
           _mm512_reduce_add_ps(_mm512_add_ps(st[(i * T + t) * 2], st[(i * T + t) * 2 + 1]));
 }
 
-// subbit with one scale group per row, fused: codeword by codeword, the (up to 32) codes of its sequence are
-// expanded with the ternary table like a tern2 block and multiplied with x[pos, pos + 32) (x is zero-padded by 32
-// columns, so codes past the row end meet zeros). The only loop-carried scalar work is pos += len[cw]. Long =
-// false when the dictionary has no sequence longer than 16 (then the upper 16 lanes are never needed).
-// Two interleaved accumulator sets hide the FMA latency.
-template <int T, bool Long>
-void subbit_row(const PackedView& W, int r, float s, float ns, const float* X, size_t ldx, float* out) {
-  const DecTern2 dec;
-  const __m512 tab = DecTern2::param(s, ns);
-  const uint8_t* cws = W.codes;
-  const uint8_t* len = W.dict->len.data();
-  const uint64_t* seq = W.dict->seq.data();
-  uint32_t i, e;
-  std::memcpy(&i, W.row_offsets + r, 4);
-  std::memcpy(&e, W.row_offsets + r + 1, 4);
-  constexpr int H = Long ? 2 : 1;
-  constexpr int NS = T == 1 ? 4 : 2;  // accumulator sets, used in turn by consecutive codewords
-  __m512 acc[NS][T][H];
-#pragma GCC unroll 16
-  for (int a = 0; a < NS; ++a)
-#pragma GCC unroll 16
-    for (int t = 0; t < T; ++t)
-#pragma GCC unroll 2
-      for (int h = 0; h < H; ++h) acc[a][t][h] = _mm512_setzero_ps();
-  const int cols = W.cols;
-  int pos = 0;
-  auto step = [&](__m512 (&a)[T][H]) {
-    const unsigned cw = ld16(cws + 2 * size_t(i));
-    const float* x = X + pos;
-    pos += len[cw];
-    ++i;
-    const uint8_t* sp = reinterpret_cast<const uint8_t*>(seq + cw);
-    const __m512 w0 = dec.vec(sp, tab);
-    if constexpr (Long) {
-      const __m512 w1 = dec.vec(sp + 4, tab);
-#pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) {
-        a[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + size_t(t) * ldx), a[t][0]);
-        a[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + size_t(t) * ldx + 16), a[t][1]);
-      }
-    } else {
-#pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) a[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + size_t(t) * ldx), a[t][0]);
-    }
-  };
-  for (bool more = true; more;) {
-#pragma GCC unroll 4
-    for (int a = 0; a < NS; ++a) {
-      if (i >= e || pos >= cols) {
-        more = false;
-        break;
-      }
-      step(acc[a]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) {
-    __m512 v = _mm512_setzero_ps();
-#pragma GCC unroll 4
-    for (int a = 0; a < NS; ++a)
-#pragma GCC unroll 2
-      for (int h = 0; h < H; ++h) v = _mm512_add_ps(v, acc[a][t][h]);
-    out[t] = _mm512_reduce_add_ps(v);
-  }
-}
-
 // Prefetch the codewords of row r (if it exists): the rows' streams are short, so the hardware prefetchers see
 // little of them.
 inline void prefetch_subbit_row(const PackedView& W, int r) {
@@ -326,39 +270,46 @@ inline void prefetch_subbit_row(const PackedView& W, int r) {
     _mm_prefetch(reinterpret_cast<const char*>(W.codes + o), _MM_HINT_T0);
 }
 
-template <int T>
-void subbit_rows_fused(const PackedView& W, int r0, int r1, const float* S, const float* Z, const float* X, size_t ldx,
-                       float* Y, int t0) {
-  float out[T];
-  const bool lng = W.dict->max_len > 16;
-  for (int r = r0; r < r1; ++r) {
-    prefetch_subbit_row(W, r + kRowChunk);
-    if (lng) subbit_row<T, true>(W, r, S[r - r0], Z[r - r0], X, ldx, out);
-    else subbit_row<T, false>(W, r, S[r - r0], Z[r - r0], X, ldx, out);
-    for (int t = 0; t < T; ++t) Y[size_t(t0 + t) * size_t(W.rows) + size_t(r)] = out[t];
+// Row r of a subbit view as one byte per weight (code in the low 2 bits) in buf[0, blocks_per_row() * 32), for
+// DecSubbitBytes. Each codeword stores its whole 32-code sequence (bytes past its length are 0) at its position
+// with one unaligned 32-byte store; the next codeword's store overwrites those zeros. Unlike the 2-bit packing
+// this has no read-modify-write or loop-carried chain besides pos += len (measured ~2x faster than
+// subbit_decode_row). buf needs blocks_per_row() * 32 + 32 bytes.
+inline void subbit_decode_bytes(const PackedView& W, int r, uint8_t* buf) {
+  // vpmultishiftqb: byte k = bits [2k, 2k + 8) of the u64 (rotating), so its low 2 bits are code k.
+  const __m256i ctrl = _mm256_setr_epi64x(0x0e0c0a0806040200LL, 0x1e1c1a1816141210LL, 0x2e2c2a2826242220LL,
+                                          0x3e3c3a3836343230LL);
+  const uint8_t* len = W.dict->len.data();
+  const uint64_t* seq = W.dict->seq.data();
+  uint32_t i, e;
+  std::memcpy(&i, W.row_offsets + r, 4);
+  std::memcpy(&e, W.row_offsets + r + 1, 4);
+  const int cols = W.cols;
+  int pos = 0;
+  for (; i < e && pos < cols; ++i) {
+    const unsigned cw = ld16(W.codes + 2 * size_t(i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + pos),
+                        _mm256_multishift_epi64_epi8(ctrl, _mm256_set1_epi64x((long long)seq[cw])));
+    pos += len[cw];
   }
+  if (pos < cols) std::memset(buf + pos, 0, size_t(cols - pos));  // corrupt stream: too few codes
+  // Code 0 past the row end (as in the 2-bit packing), so that padding columns contribute exactly 0 * 0.
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + cols), _mm256_setzero_si256());
 }
 
 template <class Dec>
 void rows_impl(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch) {
   const int nr = r1 - r0, bpr = W.blocks_per_row();
-  float* S = reinterpret_cast<float*>(scratch + size_t(kRowChunk) * (size_t(bpr) + 1));
+  float* S = reinterpret_cast<float*>(scratch + scratch_buffer_words(W));
   float* Z = S + size_t(kRowChunk) * size_t(W.groups());
   load_params(W, r0, r1, S, Z);
-  // subbit, one group per row, 1-2 tokens: fused decode + multiply. More tokens: rows are decoded once into tern2
-  // buffers and go through the block tiles (the fused kernel's unaligned x windows do not scale with tokens).
-  if (W.codec == Codec::Subbit && W.groups() == 1 && n <= 2) {
-    if (n == 2) subbit_rows_fused<2>(W, r0, r1, S, Z, Xp, ldx, Y, 0);
-    else subbit_rows_fused<1>(W, r0, r1, S, Z, Xp, ldx, Y, 0);
-    return;
-  }
   const uint8_t* codes[kRowChunk];
   for (int i = 0; i < nr; ++i) {
-    if (W.codec == Codec::Subbit) {
-      uint64_t* buf = scratch + size_t(i) * (size_t(bpr) + 1);
+    if constexpr (std::is_same_v<Dec, DecSubbitBytes>) {
+      uint8_t* buf = reinterpret_cast<uint8_t*>(scratch) + size_t(i) * subbit_byte_row(W);
       prefetch_subbit_row(W, r0 + i + kRowChunk);
-      subbit_decode_row(W, r0 + i, buf);
-      codes[i] = reinterpret_cast<const uint8_t*>(buf);
+      subbit_decode_bytes(W, r0 + i, buf);
+      codes[i] = buf;
     } else {
       codes[i] = W.codes + size_t(r0 + i) * W.row_bytes();
     }
@@ -384,8 +335,8 @@ void dequant_impl(const PackedView& W, float* out, int r0, int r1, uint64_t* scr
   const int bpr = W.blocks_per_row(), bpg = W.blocks_per_group(), G = W.groups();
   for (int r = r0; r < r1; ++r) {
     const uint8_t* codes;
-    if (W.codec == Codec::Subbit) {
-      subbit_decode_row(W, r, scratch);
+    if constexpr (std::is_same_v<Dec, DecSubbitBytes>) {
+      subbit_decode_bytes(W, r, reinterpret_cast<uint8_t*>(scratch));
       codes = reinterpret_cast<const uint8_t*>(scratch);
     } else {
       codes = W.codes + size_t(r) * W.row_bytes();
@@ -419,8 +370,8 @@ void rows_avx512(const PackedView& W, const float* Xp, size_t ldx, int n, float*
     case Codec::Int4: return rows_impl<DecInt4>(W, Xp, ldx, n, Y, r0, r1, scratch);
     case Codec::Int3: return rows_impl<DecInt3>(W, Xp, ldx, n, Y, r0, r1, scratch);
     case Codec::Int2: return rows_impl<DecInt2>(W, Xp, ldx, n, Y, r0, r1, scratch);
-    case Codec::Tern2:
-    case Codec::Subbit: return rows_impl<DecTern2>(W, Xp, ldx, n, Y, r0, r1, scratch);
+    case Codec::Tern2: return rows_impl<DecTern2>(W, Xp, ldx, n, Y, r0, r1, scratch);
+    case Codec::Subbit: return rows_impl<DecSubbitBytes>(W, Xp, ldx, n, Y, r0, r1, scratch);
   }
 }
 
@@ -430,8 +381,8 @@ void dequant_rows_avx512(const PackedView& W, float* out, int r0, int r1, uint64
     case Codec::Int4: return dequant_impl<DecInt4>(W, out, r0, r1, scratch);
     case Codec::Int3: return dequant_impl<DecInt3>(W, out, r0, r1, scratch);
     case Codec::Int2: return dequant_impl<DecInt2>(W, out, r0, r1, scratch);
-    case Codec::Tern2:
-    case Codec::Subbit: return dequant_impl<DecTern2>(W, out, r0, r1, scratch);
+    case Codec::Tern2: return dequant_impl<DecTern2>(W, out, r0, r1, scratch);
+    case Codec::Subbit: return dequant_impl<DecSubbitBytes>(W, out, r0, r1, scratch);
   }
 }
 

@@ -1,6 +1,5 @@
 #include "kernels/subbit.h"
 
-#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -67,7 +66,6 @@ std::unique_ptr<SubbitDict> build_dict(SubbitParams p) {
       nd.codeword = next;
       d->seq[next] = f.seq;
       d->len[next] = uint8_t(f.dep);
-      d->max_len = std::max(d->max_len, f.dep);
       ++next;
       continue;
     }

@@ -21,8 +21,7 @@ struct SubbitDict {
   // and the sequence length (0 = codeword not in the dictionary).
   std::vector<uint64_t> seq;
   std::vector<uint8_t> len;
-  int used = 0;     // codewords in the dictionary
-  int max_len = 0;  // longest sequence in the dictionary (kernels skip the upper 16 codes when <= 16)
+  int used = 0;  // codewords in the dictionary
   // Encoder trie: node 0 = root; child[s] for symbol s (0: code 0, 1: +1, 2: -1); leaves have codeword >= 0.
   struct Node {
     int32_t child[3];
