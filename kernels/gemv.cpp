@@ -111,13 +111,13 @@ using detail::kRowChunk;
 
 // Per-thread buffers reused across calls (a fresh allocation of a few hundred KiB per call costs page faults
 // comparable to a whole matvec). 64-byte aligned; contents are not preserved between calls.
-template <class T>
-T* thread_buffer(size_t n, int which) {
+enum Buffer { kScratch = 0, kXp = 1 };
+void* thread_buffer(size_t bytes, Buffer which) {
   thread_local std::vector<uint8_t> bufs[2];
   std::vector<uint8_t>& b = bufs[which];
-  if (b.size() < sizeof(T) * n + 64) b.resize(sizeof(T) * n + 64);
-  uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
-  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
+  if (b.size() < bytes + 64) b.resize(bytes + 64);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
+  return reinterpret_cast<void*>((p + 63) & ~uintptr_t(63));
 }
 
 template <class F>
@@ -126,7 +126,7 @@ void for_row_chunks(const PackedView& W, double work, F&& f) {
   const bool par = work > 2e5 && chunks > 1;
 #pragma omp parallel if (par)
   {
-    uint64_t* scratch = thread_buffer<uint64_t>(detail::scratch_words(W), 0);
+    uint64_t* scratch = static_cast<uint64_t*>(thread_buffer(8 * detail::scratch_words(W), kScratch));
 #pragma omp for schedule(static)
     for (int ch = 0; ch < chunks; ++ch) f(ch * kRowChunk, std::min(W.rows, (ch + 1) * kRowChunk), scratch);
   }
@@ -140,7 +140,7 @@ void matmul(const PackedView& W, const float* X, int n, float* Y, Isa isa) {
   if (isa == Isa::Scalar) return matmul_ref(W, X, n, Y);
   // Zero-padded copy of X so that kernels may read whole blocks (padding codes then meet x = 0).
   const size_t ldx = detail::x_stride(W);
-  float* Xp = thread_buffer<float>(ldx * size_t(n), 1);
+  float* Xp = static_cast<float*>(thread_buffer(sizeof(float) * ldx * size_t(n), kXp));
   for (int t = 0; t < n; ++t) {
     float* xp = Xp + size_t(t) * ldx;
     std::memcpy(xp, X + size_t(t) * size_t(W.cols), sizeof(float) * size_t(W.cols));

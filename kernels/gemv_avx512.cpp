@@ -1,8 +1,11 @@
-// AVX-512 (F/BW/VL/DQ/VBMI) decode + multiply. Every sub-byte codec decodes 16 weights with one shift
-// (vpsrlvd, or vpmultishiftqb for int4) and one vpermps whose 16-entry table holds the group's dequantized
-// values, table[k] = value(k & (2^bits - 1)) -- bits above the code in each lane are ignored by the table, so no
-// masking is needed. The table entries are computed exactly as int_value()/tern_value() (blocks.h) compute them,
-// so the decoded weights are bit-identical to the scalar reference.
+// AVX-512 (F/BW/VL/DQ/VBMI) decode + multiply (overview and measurements: docs/CODECS.md, "Kernels").
+// Decode: 16 weights per variable shift of the broadcast code word (vpsrlvd; vpmultishiftqb for int4) and one
+// table lookup in the group's dequantized values, table[k] = value(k & (2^bits - 1)) -- bits above the code in
+// each lane are ignored by the table, so no masking is needed. 2-bit codes use the in-lane vpermilps (4 entries
+// repeated per 128-bit lane), 3/4-bit codes vpermps. The table entries are computed exactly as
+// int_value()/tern_value() (blocks.h) compute them, so decoded weights are bit-identical to the scalar reference.
+// Multiply: register tiles of rows x tokens (tile(), tiles()); subbit rows are first decoded to one byte per
+// weight (subbit_decode_bytes()).
 // All headers come before the target pragma so that no inline library code is compiled for AVX-512.
 #include <immintrin.h>
 
@@ -242,8 +245,9 @@ void tiles(const Dec& dec, const PackedView& W, int nr, const uint8_t* const* co
   const int seg = std::max(4, 24576 / (128 * T));  // blocks: 24 KiB of X
   // The tiles consume the chunk's nr * row_bytes() code bytes; meanwhile pf sweeps the same number of bytes one
   // chunk ahead (rows are contiguous in memory; with several rows in flight the hardware prefetchers alone leave
-  // the DRAM stream idle part of the time: measured 1.73 -> 1.46 ms, 14336x4096 tern2, one thread).
-  // (Past the matrix end it only prefetches nothing useful: prefetches never fault.)
+  // the DRAM stream idle part of the time: measured 1.73 -> 1.46 ms, 14336x4096 tern2, one thread). Prefetches
+  // never fault, so running past the matrix end is harmless. (Subbit: row_bytes() = 0, the decoded rows are
+  // in cache already.)
   const uint8_t* pf = codes[0] + size_t(nr) * W.row_bytes();
   for (int bs = 0; bs < bpr; bs += seg) {
     const int be = std::min(bpr, bs + seg);
