@@ -288,11 +288,13 @@ inline void subbit_decode_bytes(const PackedView& W, int r, uint8_t* buf) {
   uint32_t i, e;
   std::memcpy(&i, W.row_offsets + r, 4);
   std::memcpy(&e, W.row_offsets + r + 1, 4);
-  const int cols = W.cols;
-  int pos = 0;
-  for (; i < e && pos < cols; ++i) {
+  const int64_t cols = W.cols;
+  int64_t pos = 0;
+  // No test of pos in the loop: a (corrupt) stream with more codes than columns keeps storing at buf + cols,
+  // which the last store below clears.
+  for (; i < e; ++i) {
     const unsigned cw = ld16(W.codes + 2 * size_t(i));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + pos),
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + std::min(pos, cols)),
                         _mm256_multishift_epi64_epi8(ctrl, _mm256_set1_epi64x((long long)seq[cw])));
     pos += len[cw];
   }
