@@ -30,7 +30,8 @@ bool isa_supported(Isa isa) {
     case Isa::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("fma");
+             __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+             __builtin_cpu_supports("bmi2");
   }
   return false;
 #else
@@ -108,16 +109,26 @@ void matmul_ref(const PackedView& W, const float* X, int n, float* Y) {
 namespace {
 using detail::kRowChunk;
 
+// Per-thread buffers reused across calls (a fresh allocation of a few hundred KiB per call costs page faults
+// comparable to a whole matvec). 64-byte aligned; contents are not preserved between calls.
+enum Buffer { kScratch = 0, kXp = 1 };
+void* thread_buffer(size_t bytes, Buffer which) {
+  thread_local std::vector<uint8_t> bufs[2];
+  std::vector<uint8_t>& b = bufs[which];
+  if (b.size() < bytes + 64) b.resize(bytes + 64);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
+  return reinterpret_cast<void*>((p + 63) & ~uintptr_t(63));
+}
+
 template <class F>
 void for_row_chunks(const PackedView& W, double work, F&& f) {
   const int chunks = (W.rows + kRowChunk - 1) / kRowChunk;
   const bool par = work > 2e5 && chunks > 1;
 #pragma omp parallel if (par)
   {
-    std::vector<uint64_t> scratch(size_t(kRowChunk) * (size_t(W.blocks_per_row()) + 1));
+    uint64_t* scratch = static_cast<uint64_t*>(thread_buffer(8 * detail::scratch_words(W), kScratch));
 #pragma omp for schedule(static)
-    for (int ch = 0; ch < chunks; ++ch)
-      f(ch * kRowChunk, std::min(W.rows, (ch + 1) * kRowChunk), scratch.data());
+    for (int ch = 0; ch < chunks; ++ch) f(ch * kRowChunk, std::min(W.rows, (ch + 1) * kRowChunk), scratch);
   }
 }
 }  // namespace
@@ -128,12 +139,16 @@ void matmul(const PackedView& W, const float* X, int n, float* Y, Isa isa) {
   if (isa != Isa::Scalar && !isa_supported(isa)) fail("matmul: ISA ", isa_name(isa), " not supported on this CPU");
   if (isa == Isa::Scalar) return matmul_ref(W, X, n, Y);
   // Zero-padded copy of X so that kernels may read whole blocks (padding codes then meet x = 0).
-  const size_t ldx = size_t(W.blocks_per_row()) * 32;
-  std::vector<float> Xp(ldx * size_t(n), 0.0f);
-  for (int t = 0; t < n; ++t) std::memcpy(&Xp[size_t(t) * ldx], X + size_t(t) * size_t(W.cols), sizeof(float) * size_t(W.cols));
+  const size_t ldx = detail::x_stride(W);
+  float* Xp = static_cast<float*>(thread_buffer(sizeof(float) * ldx * size_t(n), kXp));
+  for (int t = 0; t < n; ++t) {
+    float* xp = Xp + size_t(t) * ldx;
+    std::memcpy(xp, X + size_t(t) * size_t(W.cols), sizeof(float) * size_t(W.cols));
+    std::fill(xp + W.cols, xp + ldx, 0.0f);
+  }
   auto fn = isa == Isa::Avx512 ? detail::rows_avx512 : detail::rows_avx2;
   for_row_chunks(W, double(W.rows) * double(W.cols) * n,
-                 [&](int r0, int r1, uint64_t* scratch) { fn(W, Xp.data(), ldx, n, Y, r0, r1, scratch); });
+                 [&](int r0, int r1, uint64_t* scratch) { fn(W, Xp, ldx, n, Y, r0, r1, scratch); });
 }
 
 void matvec(const PackedView& W, const float* x, float* y, Isa isa) { matmul(W, x, 1, y, isa); }

@@ -471,3 +471,134 @@ TEST(Subbit, LosslessAndRateNearEntropy) {
     if (p0 == 0.85) EXPECT_LT(bits_per_weight(m.view()), 1.0);
   }
 }
+
+// --- kernel paths beyond the shape grid ---
+
+namespace {
+// Y from every ISA against matmul_ref and an fp64 reference from QuantizedMatrix::dequant.
+void expect_matmul_matches(const QuantizedMatrix& q, const PackedView& v, int n, uint32_t seed, const std::string& what) {
+  std::vector<float> X = random_x(size_t(n) * size_t(q.cols), seed);
+  std::vector<float> Yref(size_t(n) * size_t(q.rows));
+  matmul_ref(v, X.data(), n, Yref.data());
+  for (Isa isa : isas()) {
+    std::vector<float> Y(Yref.size(), NAN);
+    matmul(v, X.data(), n, Y.data(), isa);
+    for (int t = 0; t < n; ++t)
+      for (int r = 0; r < q.rows; ++r) {
+        double s = 0, a = 0;
+        for (int c = 0; c < q.cols; ++c) {
+          const double p = double(q.dequant(r, c)) * double(X[size_t(t) * size_t(q.cols) + size_t(c)]);
+          s += p;
+          a += std::fabs(p);
+        }
+        const size_t i = size_t(t) * size_t(q.rows) + size_t(r);
+        const double tol = 2e-6 * std::sqrt(double(q.cols)) * a + 1e-30;
+        ASSERT_NEAR(Y[i], s, tol) << what << " n=" << n << " " << isa_name(isa) << " row " << r << " token " << t;
+        ASSERT_NEAR(Y[i], Yref[i], 2 * tol) << what << " n=" << n << " " << isa_name(isa) << " vs scalar";
+      }
+  }
+}
+}  // namespace
+
+TEST(Kernels, LongRowsManySegmentsAndTiles) {
+  // Wide rows span several column segments of the batched kernels and rows = 9 leaves a remainder after row tiles;
+  // token counts cover every register-tile width and their combinations.
+  uint32_t seed = 500;
+  for (Codec c : all_codecs()) {
+    for (int group : {0, 64}) {
+      Gen g{c, 9, 7001, group, group == 0, group != 0, c == Codec::Subbit ? 0.85 : 0.5};
+      QuantizedMatrix q = random_qm(g, seed++);
+      PackedMatrix m = pack(q, c);
+      for (int n : {1, 2, 3, 4, 5, 8, 13}) expect_matmul_matches(q, m.view(), n, seed * 3 + uint32_t(n), name(g));
+    }
+  }
+}
+
+TEST(Kernels, SubbitDictionariesGroupsAndWidths) {
+  // Dictionaries with short (p0 = 0.5: no sequence longer than 16 codes) and long sequences (p0 = 0.85: up to 32),
+  // with and without negative scales, per-row and grouped scales, widths around block boundaries.
+  uint32_t seed = 600;
+  for (double p0 : {0.5, 0.85}) {
+    for (int cols : {1, 17, 33, 1000, 4099}) {
+      for (int group : {0, 32}) {
+        Gen g{Codec::Subbit, 5, cols, group, false, cols % 2 == 1, p0};
+        QuantizedMatrix q = random_qm(g, seed++);
+        PackedMatrix m = pack(q, Codec::Subbit);
+        for (int n : {1, 2, 5}) expect_matmul_matches(q, m.view(), n, seed * 5 + uint32_t(n), name(g) + " p0 " + std::to_string(p0));
+      }
+    }
+  }
+}
+
+TEST(Kernels, SubbitCorruptStreamsStayInBoundsAndAgree) {
+  // Streams a reader would reject (view_from_tensors checks offsets only): extra codewords past the row end,
+  // unused codewords (length 0), and too few codewords. Every kernel must stay inside its buffers (ASan build)
+  // and agree with the scalar reference, which decodes with subbit_decode_row (the SIMD kernels decode to bytes).
+  Gen g{Codec::Subbit, 4, 300, 0, false, false, 0.85};
+  PackedMatrix m = pack(random_qm(g, 41), Codec::Subbit);
+  const SubbitDict& d = subbit_dict(m.subbit);
+  ASSERT_LT(d.used, SubbitDict::kCodewords);
+  const uint16_t unused = uint16_t(SubbitDict::kCodewords - 1);
+  uint16_t longest = 0;
+  for (int cw = 0; cw < d.used; ++cw)
+    if (d.len[size_t(cw)] == SubbitDict::kMaxLen) longest = uint16_t(cw);
+  std::vector<std::vector<uint16_t>> rows(4);
+  for (int r = 0; r < 4; ++r) {
+    const uint16_t* c = reinterpret_cast<const uint16_t*>(m.codes.data());
+    rows[size_t(r)].assign(c + m.row_offsets[size_t(r)], c + m.row_offsets[size_t(r) + 1]);
+  }
+  rows[0].insert(rows[0].end(), 50, longest);                     // far more codes than columns
+  rows[1].insert(rows[1].begin() + 1, 20, unused);                // length-0 codewords mid-row
+  rows[2].resize(rows[2].size() / 2);                             // row ends early (rest decodes as 0)
+  rows[3].assign(40, unused);                                     // nothing but unused codewords
+  PackedMatrix bad = m;
+  bad.codes.clear();
+  bad.row_offsets.assign(1, 0);
+  for (auto& rw : rows) {
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(rw.data());
+    bad.codes.insert(bad.codes.end(), b, b + 2 * rw.size());
+    bad.row_offsets.push_back(uint32_t(bad.codes.size() / 2));
+  }
+  const PackedView v = bad.view();
+  for (int n : {1, 2, 3, 8}) {
+    std::vector<float> X = random_x(size_t(n) * 300, 77 + uint32_t(n));
+    std::vector<float> Yref(size_t(n) * 4);
+    matmul_ref(v, X.data(), n, Yref.data());
+    for (Isa isa : isas()) {
+      std::vector<float> Y(Yref.size(), NAN);
+      matmul(v, X.data(), n, Y.data(), isa);
+      for (size_t i = 0; i < Y.size(); ++i) EXPECT_NEAR(Y[i], Yref[i], 1e-4 * (1 + std::fabs(Yref[i]))) << isa_name(isa) << " n=" << n << " i=" << i;
+    }
+  }
+  // The SIMD dequantizers decode such rows the same way (the scalar one, via unpack, rejects the short row).
+  std::vector<float> first;
+  for (Isa isa : isas()) {
+    if (isa == Isa::Scalar) continue;
+    std::vector<float> W(size_t(4) * 300, NAN);
+    dequantize_isa(v, W.data(), isa);
+    if (first.empty()) first = W;
+    EXPECT_EQ(W, first) << isa_name(isa);
+  }
+}
+
+TEST(Kernels, ThreadCountIndependentAllPaths) {
+  struct Case {
+    Codec c;
+    int group;
+    int n;
+  };
+  for (Case cs : {Case{Codec::Tern2, 128, 1}, Case{Codec::Int2, 64, 8}, Case{Codec::Int3, 0, 3}, Case{Codec::Subbit, 0, 1},
+                  Case{Codec::Subbit, 0, 5}, Case{Codec::Subbit, 128, 2}}) {
+    Gen g{cs.c, 301, 999, cs.group, false, true, 0.85};
+    PackedMatrix m = pack(random_qm(g, 13), cs.c);
+    std::vector<float> X = random_x(size_t(cs.n) * 999, 3);
+    for (Isa isa : isas()) {
+      std::vector<float> Y1(size_t(cs.n) * 301), Y2(Y1.size());
+      omp_set_num_threads(1);
+      matmul(m.view(), X.data(), cs.n, Y1.data(), isa);
+      omp_set_num_threads(2);
+      matmul(m.view(), X.data(), cs.n, Y2.data(), isa);
+      EXPECT_EQ(0, std::memcmp(Y1.data(), Y2.data(), Y1.size() * 4)) << name(g) << " n=" << cs.n << " " << isa_name(isa);
+    }
+  }
+}
