@@ -27,6 +27,8 @@ inline size_t scratch_words(const PackedView& W) {
 
 void rows_avx2(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch);
 void rows_avx512(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch);
+// Reorders the columns of Xp (in place, within 32-column blocks) into the lane order rows_avx512 uses for W.
+void prepare_x_avx512(const PackedView& W, float* Xp, int n, size_t ldx);
 void dequant_rows_avx2(const PackedView& W, float* out, int r0, int r1, uint64_t* scratch);
 void dequant_rows_avx512(const PackedView& W, float* out, int r0, int r1, uint64_t* scratch);
 
