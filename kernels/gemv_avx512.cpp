@@ -67,6 +67,11 @@ struct DecInt2 {
   DecInt2() : sh(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)) {}
   static Param param(float s, float z) { return int_table(3, s, z); }
   static __m128 table4(float s, float z) { return _mm512_castps512_ps128(param(s, z)); }
+  // The 4-entry tables of 4 groups at once from sv, zv = each group's scale/zero repeated 4 times.
+  static __m512 table16(__m512 sv, __m512 zv) {
+    const __m512 k = _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+    return _mm512_mul_ps(_mm512_sub_ps(k, zv), sv);
+  }
   // 16 codes from the u32 at p (code i in bits 2i, 2i+1): lane i = table[(u >> 2i) & 3] = value(code i) (the
   // in-lane vpermilps looks at the low 2 bits of each index; the table repeats in every 128-bit lane).
   __m512 vec(const uint8_t* p, const Param& tab) const {
@@ -85,6 +90,10 @@ struct DecTern2 : DecInt2 {
     return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(0x2222, _mm512_set1_ps(s)), 0x4444, _mm512_set1_ps(-ns));
   }
   static __m128 table4(float s, float ns) { return _mm512_castps512_ps128(param(s, ns)); }
+  static __m512 table16(__m512 sv, __m512 nsv) {
+    const __m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(nsv), _mm512_set1_epi32(int(0x80000000u))));
+    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(0x2222, sv), 0x4444, neg);
+  }
 };
 
 // Decoded subbit rows for the tiles: one byte per weight whose low 2 bits are the tern2 code (higher bits are
@@ -102,6 +111,7 @@ struct DecInt3 {
   using Param = __m512;
   static constexpr XOrder kX = kXNatural;
   static __m128 table4(float, float) { return _mm_setzero_ps(); }
+  static __m512 table16(__m512, __m512) { return _mm512_setzero_ps(); }
   static constexpr bool kPre = false;
   static Param pre_param(const float*) { return _mm512_setzero_ps(); }
   static constexpr int kBytes = 12;
@@ -127,6 +137,7 @@ struct DecInt4 {
   using Param = __m512;
   static constexpr XOrder kX = kXNatural;
   static __m128 table4(float, float) { return _mm_setzero_ps(); }
+  static __m512 table16(__m512, __m512) { return _mm512_setzero_ps(); }
   static constexpr bool kPre = false;
   static Param pre_param(const float*) { return _mm512_setzero_ps(); }
   static constexpr int kBytes = 16;
@@ -149,6 +160,7 @@ struct DecInt8 {
   static constexpr bool kPre = false;
   static constexpr XOrder kX = kXNatural;
   static __m128 table4(float, float) { return _mm_setzero_ps(); }
+  static __m512 table16(__m512, __m512) { return _mm512_setzero_ps(); }
   static Param pre_param(const float*) { return {_mm512_setzero_ps(), _mm512_setzero_ps()}; }
   DecInt8() {}
   static Param param(float s, float z) { return {_mm512_set1_ps(s), _mm512_set1_ps(z)}; }
@@ -179,6 +191,7 @@ struct MmPair2 {
   __m512i sh;
   MmPair2() : sh(sh4()) {}
   static __m128 table4(float s, float z) { return Base::table4(s, z); }
+  static __m512 table16(__m512 sv, __m512 zv) { return Base::table16(sv, zv); }
   static Param pre_param(const float* t4) {
     const __m512 lo = _mm512_broadcast_f32x4(_mm_loadu_ps(t4));
     return {lo, _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), lo)};
@@ -205,6 +218,7 @@ struct MmInt4 {
   static constexpr bool kPre = false;
   static constexpr XOrder kX = kX4;
   static __m128 table4(float, float) { return _mm_setzero_ps(); }
+  static __m512 table16(__m512, __m512) { return _mm512_setzero_ps(); }
   static Param pre_param(const float*) { return _mm512_setzero_ps(); }
   __m512i sh;
   MmInt4() : sh(sh4()) {}
@@ -225,18 +239,16 @@ inline void cvt_f16(const uint16_t* a, size_t i0, int n, float* out) {
 }
 
 // Group parameters of rows [r0, r1) in fp32: S[i * G + g] = scale, Z[i * G + g] = zero (integer codecs; 2^(bits-1)
-// when symmetric) or negative scale (ternary codecs; = scale without a neg_scales array).
-void load_params(const PackedView& W, int r0, int r1, float* S, float* Z) {
-  const int G = W.groups();
+// when symmetric) or negative scale (ternary codecs). Returns Z, or S for ternary codecs without neg_scales.
+const float* load_params(const PackedView& W, int r0, int r1, float* S, float* Z) {
+  const size_t G = size_t(W.groups()), ng = size_t(r1 - r0) * G;
   const bool tern = codec_is_ternary(W.codec);
   const uint16_t* za = tern ? W.neg_scales : W.zeros;
-  for (int i = 0; i < r1 - r0; ++i) {
-    const size_t off = size_t(r0 + i) * size_t(G);
-    cvt_f16(W.scales, off, G, S + size_t(i) * G);
-    if (za) cvt_f16(za, off, G, Z + size_t(i) * G);
-    else if (tern) std::copy_n(S + size_t(i) * G, G, Z + size_t(i) * G);
-    else std::fill_n(Z + size_t(i) * G, G, float(1 << (W.bits - 1)));
-  }
+  cvt_f16(W.scales, size_t(r0) * G, int(ng), S);
+  if (za) cvt_f16(za, size_t(r0) * G, int(ng), Z);
+  else if (tern) return S;
+  else std::fill_n(Z, ng, float(1 << (W.bits - 1)));
+  return Z;
 }
 
 // Register tile: rows codes[0..R) times tokens X[0..T) (row stride ldx) over blocks [bs, be). Each block is decoded
@@ -374,8 +386,8 @@ template <class Dec>
 void rows_impl(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch) {
   const int nr = r1 - r0, bpr = W.blocks_per_row();
   float* S = reinterpret_cast<float*>(scratch + scratch_buffer_words(W));
-  float* Z = S + size_t(kRowChunk) * size_t(W.groups());
-  load_params(W, r0, r1, S, Z);
+  float* Zbuf = S + size_t(kRowChunk) * size_t(W.groups());
+  const float* Z = load_params(W, r0, r1, S, Zbuf);
   const uint8_t* codes[kRowChunk];
   for (int i = 0; i < nr; ++i) {
     if constexpr (std::is_same_v<Dec, DecSubbitBytes>) {
@@ -387,10 +399,17 @@ void rows_impl(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y
       codes[i] = W.codes + size_t(r0 + i) * W.row_bytes();
     }
   }
-  float* TB = Z + size_t(kRowChunk) * size_t(W.groups());
+  float* TB = Zbuf + size_t(kRowChunk) * size_t(W.groups());
   if constexpr (Dec::kPre) {
+    // 4 groups per step; the last step may read up to 3 values past the chunk's and write up to 3 tables past
+    // its end (scratch_words has room), which are never used.
     const size_t ng = size_t(nr) * size_t(W.groups());
-    for (size_t k = 0; k < ng; ++k) _mm_storeu_ps(TB + 4 * k, Dec::table4(S[k], Z[k]));
+    const __m512i rep = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    for (size_t k = 0; k < ng; k += 4) {
+      const __m512 sv = _mm512_permutexvar_ps(rep, _mm512_castps128_ps512(_mm_loadu_ps(S + k)));
+      const __m512 zv = _mm512_permutexvar_ps(rep, _mm512_castps128_ps512(_mm_loadu_ps(Z + k)));
+      _mm512_storeu_ps(TB + 4 * k, Dec::table16(sv, zv));
+    }
   }
   const Dec dec;
   for (int t0 = 0; t0 < n;) {

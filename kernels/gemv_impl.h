@@ -22,7 +22,7 @@ inline size_t scratch_buffer_words(const PackedView& W) {
   return size_t(kRowChunk) * std::max(size_t(W.blocks_per_row()) + 1, subbit_byte_row(W) / 8);
 }
 inline size_t scratch_words(const PackedView& W) {
-  return scratch_buffer_words(W) + 3 * size_t(kRowChunk) * size_t(W.groups());
+  return scratch_buffer_words(W) + 3 * size_t(kRowChunk) * size_t(W.groups()) + 16;
 }
 
 void rows_avx2(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch);
