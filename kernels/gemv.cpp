@@ -146,6 +146,7 @@ void matmul(const PackedView& W, const float* X, int n, float* Y, Isa isa) {
     std::memcpy(xp, X + size_t(t) * size_t(W.cols), sizeof(float) * size_t(W.cols));
     std::fill(xp + W.cols, xp + ldx, 0.0f);
   }
+  if (isa == Isa::Avx512) detail::prepare_x_avx512(W, Xp, n, ldx);
   auto fn = isa == Isa::Avx512 ? detail::rows_avx512 : detail::rows_avx2;
   for_row_chunks(W, double(W.rows) * double(W.cols) * n,
                  [&](int r0, int r1, uint64_t* scratch) { fn(W, Xp, ldx, n, Y, r0, r1, scratch); });

@@ -52,8 +52,12 @@ inline __m512 int_table(unsigned mask, float s, float z) {
 // Decoders: block(p, P, w0, w1) turns the 32-weight block at p into weights 0-15 (w0) and 16-31 (w1), given the
 // group's parameters P = param(scale, zero) (integer codecs) or param(scale, neg_scale) (ternary codecs).
 // Decoded weights are bit-identical to int_value()/tern_value() of block_code() (blocks.h).
+// Column order the matmul kernels expect x in (prepare_x_avx512).
+enum XOrder { kXNatural, kX2, kX4 };
+
 struct DecInt2 {
   using Param = __m512;
+  static constexpr XOrder kX = kXNatural;
   static constexpr int kBytes = 8;
   // The table repeats every 4 entries: matmul precomputes it per (row, group) as 4 floats (pre_param).
   static constexpr bool kPre = true;
@@ -62,6 +66,12 @@ struct DecInt2 {
   // (Explicit constructors: GCC does not apply the target pragma to implicit ones.)
   DecInt2() : sh(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)) {}
   static Param param(float s, float z) { return int_table(3, s, z); }
+  static __m128 table4(float s, float z) { return _mm512_castps512_ps128(param(s, z)); }
+  // The 4-entry tables of 4 groups at once from sv, zv = each group's scale/zero repeated 4 times.
+  static __m512 table16(__m512 sv, __m512 zv) {
+    const __m512 k = _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+    return _mm512_mul_ps(_mm512_sub_ps(k, zv), sv);
+  }
   // 16 codes from the u32 at p (code i in bits 2i, 2i+1): lane i = table[(u >> 2i) & 3] = value(code i) (the
   // in-lane vpermilps looks at the low 2 bits of each index; the table repeats in every 128-bit lane).
   __m512 vec(const uint8_t* p, const Param& tab) const {
@@ -79,6 +89,11 @@ struct DecTern2 : DecInt2 {
   static Param param(float s, float ns) {
     return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(0x2222, _mm512_set1_ps(s)), 0x4444, _mm512_set1_ps(-ns));
   }
+  static __m128 table4(float s, float ns) { return _mm512_castps512_ps128(param(s, ns)); }
+  static __m512 table16(__m512 sv, __m512 nsv) {
+    const __m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(nsv), _mm512_set1_epi32(int(0x80000000u))));
+    return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(0x2222, sv), 0x4444, neg);
+  }
 };
 
 // Decoded subbit rows for the tiles: one byte per weight whose low 2 bits are the tern2 code (higher bits are
@@ -94,6 +109,9 @@ struct DecSubbitBytes : DecTern2 {
 
 struct DecInt3 {
   using Param = __m512;
+  static constexpr XOrder kX = kXNatural;
+  static __m128 table4(float, float) { return _mm_setzero_ps(); }
+  static __m512 table16(__m512, __m512) { return _mm512_setzero_ps(); }
   static constexpr bool kPre = false;
   static Param pre_param(const float*) { return _mm512_setzero_ps(); }
   static constexpr int kBytes = 12;
@@ -117,6 +135,9 @@ struct DecInt3 {
 
 struct DecInt4 {
   using Param = __m512;
+  static constexpr XOrder kX = kXNatural;
+  static __m128 table4(float, float) { return _mm_setzero_ps(); }
+  static __m512 table16(__m512, __m512) { return _mm512_setzero_ps(); }
   static constexpr bool kPre = false;
   static Param pre_param(const float*) { return _mm512_setzero_ps(); }
   static constexpr int kBytes = 16;
@@ -137,6 +158,9 @@ struct DecInt8 {
   };
   static constexpr int kBytes = 32;
   static constexpr bool kPre = false;
+  static constexpr XOrder kX = kXNatural;
+  static __m128 table4(float, float) { return _mm_setzero_ps(); }
+  static __m512 table16(__m512, __m512) { return _mm512_setzero_ps(); }
   static Param pre_param(const float*) { return {_mm512_setzero_ps(), _mm512_setzero_ps()}; }
   DecInt8() {}
   static Param param(float s, float z) { return {_mm512_set1_ps(s), _mm512_set1_ps(z)}; }
@@ -145,6 +169,63 @@ struct DecInt8 {
     __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
     w0 = _mm512_mul_ps(_mm512_sub_ps(q0, P.z), P.s);
     w1 = _mm512_mul_ps(_mm512_sub_ps(q1, P.z), P.s);
+  }
+};
+
+// Matmul decoders with a permuted column order; prepare_x_avx512() permutes x to match once per call.
+// A u64 of codes broadcast to every qword puts its low half in the even dword lanes and its high half in the odd
+// ones; shifting lanes 2j and 2j+1 right by 4j (sh4) leaves 4 bits of each half at the bottom of each lane.
+// 2-bit codes: lane 2j holds codes (2j, 2j+1), lane 2j+1 codes (16+2j, 17+2j) of the block. The table
+// lo[k] = value(k & 3) (in-lane vpermilps) decodes the first code of each pair, hi[k] = value(k >> 2) (vpermps)
+// the second, so 32 weights take one shift and two lookups (instead of two shifts and two lookups): w0 holds
+// weights 0,16,2,18,...,14,30 and w1 weights 1,17,3,19,...,15,31 (x order kX2).
+inline __m512i sh4() { return _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28); }
+template <class Base>
+struct MmPair2 {
+  struct Param {
+    __m512 lo, hi;
+  };
+  static constexpr int kBytes = 8;
+  static constexpr bool kPre = true;
+  static constexpr XOrder kX = kX2;
+  __m512i sh;
+  MmPair2() : sh(sh4()) {}
+  static __m128 table4(float s, float z) { return Base::table4(s, z); }
+  static __m512 table16(__m512 sv, __m512 zv) { return Base::table16(sv, zv); }
+  static Param pre_param(const float* t4) {
+    const __m512 lo = _mm512_broadcast_f32x4(_mm_loadu_ps(t4));
+    return {lo, _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), lo)};
+  }
+  static Param param(float s, float z) {
+    alignas(16) float t[4];
+    _mm_store_ps(t, table4(s, z));
+    return pre_param(t);
+  }
+  void block(const uint8_t* p, const Param& P, __m512& w0, __m512& w1) const {
+    const __m512i v = _mm512_srlv_epi32(_mm512_set1_epi64((long long)ld64(p)), sh);
+    w0 = _mm512_permutevar_ps(P.lo, v);
+    w1 = _mm512_permutexvar_ps(v, P.hi);
+  }
+};
+using MmInt2 = MmPair2<DecInt2>;
+using MmTern2 = MmPair2<DecTern2>;
+
+// int4: lane 2j holds nibble j, lane 2j+1 nibble 8+j of each 8-byte half block (x order kX4): a shift instead
+// of vpmultishiftqb.
+struct MmInt4 {
+  using Param = __m512;
+  static constexpr int kBytes = 16;
+  static constexpr bool kPre = false;
+  static constexpr XOrder kX = kX4;
+  static __m128 table4(float, float) { return _mm_setzero_ps(); }
+  static __m512 table16(__m512, __m512) { return _mm512_setzero_ps(); }
+  static Param pre_param(const float*) { return _mm512_setzero_ps(); }
+  __m512i sh;
+  MmInt4() : sh(sh4()) {}
+  static Param param(float s, float z) { return int_table(15, s, z); }
+  void block(const uint8_t* p, const Param& tab, __m512& w0, __m512& w1) const {
+    w0 = _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_set1_epi64((long long)ld64(p)), sh), tab);
+    w1 = _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_set1_epi64((long long)ld64(p + 8)), sh), tab);
   }
 };
 
@@ -158,18 +239,16 @@ inline void cvt_f16(const uint16_t* a, size_t i0, int n, float* out) {
 }
 
 // Group parameters of rows [r0, r1) in fp32: S[i * G + g] = scale, Z[i * G + g] = zero (integer codecs; 2^(bits-1)
-// when symmetric) or negative scale (ternary codecs; = scale without a neg_scales array).
-void load_params(const PackedView& W, int r0, int r1, float* S, float* Z) {
-  const int G = W.groups();
+// when symmetric) or negative scale (ternary codecs). Returns Z, or S for ternary codecs without neg_scales.
+const float* load_params(const PackedView& W, int r0, int r1, float* S, float* Z) {
+  const size_t G = size_t(W.groups()), ng = size_t(r1 - r0) * G;
   const bool tern = codec_is_ternary(W.codec);
   const uint16_t* za = tern ? W.neg_scales : W.zeros;
-  for (int i = 0; i < r1 - r0; ++i) {
-    const size_t off = size_t(r0 + i) * size_t(G);
-    cvt_f16(W.scales, off, G, S + size_t(i) * G);
-    if (za) cvt_f16(za, off, G, Z + size_t(i) * G);
-    else if (tern) std::copy_n(S + size_t(i) * G, G, Z + size_t(i) * G);
-    else std::fill_n(Z + size_t(i) * G, G, float(1 << (W.bits - 1)));
-  }
+  cvt_f16(W.scales, size_t(r0) * G, int(ng), S);
+  if (za) cvt_f16(za, size_t(r0) * G, int(ng), Z);
+  else if (tern) return S;
+  else std::fill_n(Z, ng, float(1 << (W.bits - 1)));
+  return Z;
 }
 
 // Register tile: rows codes[0..R) times tokens X[0..T) (row stride ldx) over blocks [bs, be). Each block is decoded
@@ -307,8 +386,8 @@ template <class Dec>
 void rows_impl(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch) {
   const int nr = r1 - r0, bpr = W.blocks_per_row();
   float* S = reinterpret_cast<float*>(scratch + scratch_buffer_words(W));
-  float* Z = S + size_t(kRowChunk) * size_t(W.groups());
-  load_params(W, r0, r1, S, Z);
+  float* Zbuf = S + size_t(kRowChunk) * size_t(W.groups());
+  const float* Z = load_params(W, r0, r1, S, Zbuf);
   const uint8_t* codes[kRowChunk];
   for (int i = 0; i < nr; ++i) {
     if constexpr (std::is_same_v<Dec, DecSubbitBytes>) {
@@ -320,10 +399,17 @@ void rows_impl(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y
       codes[i] = W.codes + size_t(r0 + i) * W.row_bytes();
     }
   }
-  float* TB = Z + size_t(kRowChunk) * size_t(W.groups());
+  float* TB = Zbuf + size_t(kRowChunk) * size_t(W.groups());
   if constexpr (Dec::kPre) {
+    // 4 groups per step; the last step may read up to 3 values past the chunk's and write up to 3 tables past
+    // its end (scratch_words has room), which are never used.
     const size_t ng = size_t(nr) * size_t(W.groups());
-    for (size_t k = 0; k < ng; ++k) _mm_storeu_ps(TB + 4 * k, _mm512_castps512_ps128(Dec::param(S[k], Z[k])));
+    const __m512i rep = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    for (size_t k = 0; k < ng; k += 4) {
+      const __m512 sv = _mm512_permutexvar_ps(rep, _mm512_castps128_ps512(_mm_loadu_ps(S + k)));
+      const __m512 zv = _mm512_permutexvar_ps(rep, _mm512_castps128_ps512(_mm_loadu_ps(Z + k)));
+      _mm512_storeu_ps(TB + 4 * k, Dec::table16(sv, zv));
+    }
   }
   const Dec dec;
   for (int t0 = 0; t0 < n;) {
@@ -373,11 +459,40 @@ void dequant_impl(const PackedView& W, float* out, int r0, int r1, uint64_t* scr
 void rows_avx512(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch) {
   switch (W.codec) {
     case Codec::Int8: return rows_impl<DecInt8>(W, Xp, ldx, n, Y, r0, r1, scratch);
-    case Codec::Int4: return rows_impl<DecInt4>(W, Xp, ldx, n, Y, r0, r1, scratch);
+    case Codec::Int4: return rows_impl<MmInt4>(W, Xp, ldx, n, Y, r0, r1, scratch);
     case Codec::Int3: return rows_impl<DecInt3>(W, Xp, ldx, n, Y, r0, r1, scratch);
-    case Codec::Int2: return rows_impl<DecInt2>(W, Xp, ldx, n, Y, r0, r1, scratch);
-    case Codec::Tern2: return rows_impl<DecTern2>(W, Xp, ldx, n, Y, r0, r1, scratch);
+    case Codec::Int2: return rows_impl<MmInt2>(W, Xp, ldx, n, Y, r0, r1, scratch);
+    case Codec::Tern2: return rows_impl<MmTern2>(W, Xp, ldx, n, Y, r0, r1, scratch);
     case Codec::Subbit: return rows_impl<DecSubbitBytes>(W, Xp, ldx, n, Y, r0, r1, scratch);
+  }
+}
+
+void prepare_x_avx512(const PackedView& W, float* Xp, int n, size_t ldx) {
+  XOrder order = kXNatural;
+  switch (W.codec) {
+    case Codec::Int2: order = MmInt2::kX; break;
+    case Codec::Tern2: order = MmTern2::kX; break;
+    case Codec::Int4: order = MmInt4::kX; break;
+    default: break;
+  }
+  if (order == kXNatural) return;
+  // kX2: per 32 columns, [x0 x16 x2 x18 .. x14 x30 | x1 x17 x3 x19 .. x15 x31]; kX4: per 16 columns,
+  // [x0 x8 x1 x9 .. x7 x15] (the lane orders of MmPair2 / MmInt4).
+  const __m512i a2 = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+  const __m512i b2 = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  const __m512i i4 = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  for (int t = 0; t < n; ++t) {
+    float* x = Xp + size_t(t) * ldx;
+    for (size_t c = 0; c + 32 <= ldx; c += 32) {
+      const __m512 a = _mm512_loadu_ps(x + c), b = _mm512_loadu_ps(x + c + 16);
+      if (order == kX2) {
+        _mm512_storeu_ps(x + c, _mm512_permutex2var_ps(a, a2, b));
+        _mm512_storeu_ps(x + c + 16, _mm512_permutex2var_ps(a, b2, b));
+      } else {
+        _mm512_storeu_ps(x + c, _mm512_permutexvar_ps(i4, a));
+        _mm512_storeu_ps(x + c + 16, _mm512_permutexvar_ps(i4, b));
+      }
+    }
   }
 }
 
@@ -426,6 +541,7 @@ uint64_t stream_read_avx512(const uint8_t* p, size_t n) {
 #else
 namespace moec::detail {
 void rows_avx512(const PackedView&, const float*, size_t, int, float*, int, int, uint64_t*) {}
+void prepare_x_avx512(const PackedView&, float*, int, size_t) {}
 void dequant_rows_avx512(const PackedView&, float*, int, int, uint64_t*) {}
 float bf16_dot_avx512(const uint16_t*, const float*, int) { return 0; }
 uint64_t stream_read_avx512(const uint8_t*, size_t) { return 0; }

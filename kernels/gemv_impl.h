@@ -22,11 +22,13 @@ inline size_t scratch_buffer_words(const PackedView& W) {
   return size_t(kRowChunk) * std::max(size_t(W.blocks_per_row()) + 1, subbit_byte_row(W) / 8);
 }
 inline size_t scratch_words(const PackedView& W) {
-  return scratch_buffer_words(W) + 3 * size_t(kRowChunk) * size_t(W.groups());
+  return scratch_buffer_words(W) + 3 * size_t(kRowChunk) * size_t(W.groups()) + 16;
 }
 
 void rows_avx2(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch);
 void rows_avx512(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch);
+// Reorders the columns of Xp (in place, within 32-column blocks) into the lane order rows_avx512 uses for W.
+void prepare_x_avx512(const PackedView& W, float* Xp, int n, size_t ldx);
 void dequant_rows_avx2(const PackedView& W, float* out, int r0, int r1, uint64_t* scratch);
 void dequant_rows_avx512(const PackedView& W, float* out, int r0, int r1, uint64_t* scratch);
 
