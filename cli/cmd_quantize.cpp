@@ -111,6 +111,8 @@ static int run_quantize(int argc, char** argv) {
     // Mixed-precision importance from a routing profile (e.g. over several domains) instead of the gate mass
     // that the calibration pass itself measures.
     if (budget <= 0) fail("--stats only informs --budget-bits (mixed precision); drop it or give a budget");
+    if (importance != "gate-mass" && importance != "frequency" && importance != "easyep")
+      fail("--importance '", importance, "': expected gate-mass, frequency or easyep");
     const profile::ProfileStats st = profile::read_stats_h5(stats);
     profile::check_stats_match(st, src->spec(), model_dir);
     const auto& dom = st.total();
@@ -125,8 +127,6 @@ static int run_quantize(int argc, char** argv) {
                                                   : ls.easyep[size_t(e)] / t);
       }
     }
-    if (importance != "gate-mass" && importance != "frequency" && importance != "easyep")
-      fail("--importance '", importance, "': expected gate-mass, frequency or easyep");
   } else if (!vm["importance"].defaulted()) {
     fail("--importance picks a statistic from --stats; give --stats stats.h5");
   }

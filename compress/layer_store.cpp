@@ -181,7 +181,7 @@ void LayerStore::assemble(int num_layers, quantize::PackedCheckpointWriter& w) c
         const auto& info = store.get(name + "." + suffix);
         return RawTensorView{io::dtype_name(info.dtype), info.shape, info.data, info.nbytes};
       }, row_offsets);
-      w.add_packed(name, quantize::copy_packed(v), t["info"]);
+      w.add_packed(name, copy_packed(v), t["info"]);
       for (auto& n : store.names())
         if (n.rfind(name + ".", 0) == 0) store.release(n);
     }

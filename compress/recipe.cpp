@@ -25,9 +25,7 @@ std::string join(const std::set<std::string>& s) {
   return r;
 }
 
-// ------------------------------------------------------------------------------------ merge parameters
-// One row per recipe parameter of a merge stage: how it sets merge::PipelineOptions. The values are parsed
-// strictly (the whole string must be a number / one of the names) and out-of-range values fail.
+// Strict parameter values: the whole string must be a number in range (or a flag), else a recipe error.
 int to_int(const std::string& k, const std::string& v, int lo) {
   size_t pos = 0;
   int x = 0;
@@ -36,7 +34,7 @@ int to_int(const std::string& k, const std::string& v, int lo) {
   } catch (const std::exception&) {
     pos = 0;
   }
-  if (pos == 0 || pos != v.size() || x < lo) fail("recipe: merge ", k, "=", v, " must be an integer >= ", lo);
+  if (pos == 0 || pos != v.size() || x < lo) fail("recipe: ", k, "=", v, " must be an integer >= ", lo);
   return x;
 }
 double to_double(const std::string& k, const std::string& v, double lo, double hi, bool lo_open) {
@@ -48,7 +46,7 @@ double to_double(const std::string& k, const std::string& v, double lo, double h
     pos = 0;
   }
   if (pos == 0 || pos != v.size() || !(lo_open ? x > lo : x >= lo) || !(x <= hi))
-    fail("recipe: merge ", k, "=", v, " must be a number in ", lo_open ? "(" : "[", lo, ", ", hi, "]");
+    fail("recipe: ", k, "=", v, " must be a number in ", lo_open ? "(" : "[", lo, ", ", hi, "]");
   return x;
 }
 bool to_flag(const std::string& k, const std::string& v) {
@@ -57,6 +55,8 @@ bool to_flag(const std::string& k, const std::string& v) {
   fail("recipe: merge ", k, " is a flag (give it bare, or ", k, "=1 / ", k, "=0)");
 }
 
+// ------------------------------------------------------------------------------------ merge parameters
+// One row per recipe parameter of a merge stage: how it sets merge::PipelineOptions.
 struct MergeParam {
   const char* key;
   std::function<void(merge::PipelineOptions&, const std::string& value)> set;
@@ -137,15 +137,8 @@ void validate_stage(const Stage& st) {
       for (const char* k : {"deadzone", "rate"}) {
         if (!st.params.count(k)) continue;
         if (b != "ternary") fail("recipe: ", k, "= applies to bits=ternary");
-        double v = -1;
-        try {
-          v = std::stod(st.params.at(k));
-        } catch (const std::exception&) {
-        }
-        const bool dz = std::string(k) == "deadzone";
-        if (dz ? !(v > 0 && v <= 2) : !(v >= 0 && v <= 2))
-          fail("recipe: ", k, " must be a number in ", dz ? "(0, 2] (0.5 = round to nearest)" : "[0, 2] (0 = off)", ", got '",
-               st.params.at(k), "'");
+        // deadzone in (0, 2] (0.5 = round to nearest), rate in [0, 2] (0 = off)
+        to_double(k, st.params.at(k), 0, 2, std::string(k) == "deadzone");
       }
     }
   } else if (st.stage == "merge") {

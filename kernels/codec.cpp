@@ -211,6 +211,31 @@ PackedMatrix pack(const QuantizedMatrix& q, Codec codec, const PackOptions& opt)
   return m;
 }
 
+PackedMatrix copy_packed(const PackedView& v) {
+  PackedMatrix m;
+  m.codec = v.codec;
+  m.rows = v.rows;
+  m.cols = v.cols;
+  m.group = v.group;
+  m.bits = v.bits;
+  m.symmetric = v.symmetric;
+  m.subbit = v.subbit;
+  auto copy16 = [&](const uint16_t* p, std::vector<uint16_t>& out) {
+    if (!p) return;
+    out.resize(size_t(v.rows) * size_t(v.groups()));
+    std::memcpy(out.data(), p, out.size() * 2);  // the view may point anywhere (no alignment promised)
+  };
+  m.codes.assign(v.codes, v.codes + v.codes_bytes);
+  copy16(v.scales, m.scales);
+  copy16(v.zeros, m.zeros);
+  copy16(v.neg_scales, m.neg_scales);
+  if (v.row_offsets) {
+    m.row_offsets.resize(size_t(v.rows) + 1);
+    std::memcpy(m.row_offsets.data(), v.row_offsets, m.row_offsets.size() * 4);
+  }
+  return m;
+}
+
 QuantizedMatrix unpack(const PackedView& v) {
   QuantizedMatrix q;
   q.rows = v.rows;

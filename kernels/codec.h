@@ -77,6 +77,9 @@ struct PackedMatrix {
   PackedView view() const;
 };
 
+// An owning copy of a packed view (e.g. one read back from a file): every stored array byte for byte.
+PackedMatrix copy_packed(const PackedView& v);
+
 // Packs q. Group must be 0, >= cols, or a multiple of 32; scales/zeros must be exact in fp16; Int codecs need
 // CodeKind::Int codes below 2^codec_bits, ternary codecs need CodeKind::Ternary. Fails naming what is wrong.
 PackedMatrix pack(const QuantizedMatrix& q, Codec codec, const PackOptions& opt = {});

@@ -50,9 +50,6 @@ class PackedLinear final : public model::Linear {
 // Rows [r0, r0 + n) of a packed matrix as a view of their own (no copy).
 PackedView row_slice(const PackedView& v, int r0, int n);
 
-// An owning copy of a packed view (e.g. one read back from a file): every stored array byte for byte.
-PackedMatrix copy_packed(const PackedView& v);
-
 // SHA-256 (hex) of a raw tensor's bytes, as moec.json records them.
 std::string tensor_sha256(const uint8_t* data, size_t n);
 

@@ -8,18 +8,14 @@
 
 #include "core/error.h"
 #include "merge/merge.h"
+#include "support/test_util.h"
 
 using namespace moec;
 using namespace moec::merge;
 
 namespace {
 
-Matrix randn(int r, int c, std::mt19937& g, float sd = 1.f) {
-  std::normal_distribution<float> nd(0.f, sd);
-  Matrix m(r, c);
-  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = nd(g);
-  return m;
-}
+using test::randn;
 
 Expert random_expert(int I, int H, std::mt19937& g) { return {randn(I, H, g), randn(I, H, g), randn(H, I, g)}; }
 

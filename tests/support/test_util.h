@@ -7,8 +7,18 @@
 #include <string>
 #include <vector>
 
+#include "core/matrix.h"
+
 namespace moec::test {
 namespace fs = std::filesystem;
+
+// r x c matrix of i.i.d. N(0, sd^2) values drawn from g in storage order.
+inline Matrix randn(int r, int c, std::mt19937& g, float sd = 1.f) {
+  std::normal_distribution<float> nd(0.f, sd);
+  Matrix m(r, c);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = nd(g);
+  return m;
+}
 
 // A fresh directory under the build tree, removed at destruction.
 struct TempDir {
