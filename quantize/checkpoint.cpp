@@ -75,7 +75,7 @@ std::string tensor_sha256(const uint8_t* data, size_t n) {
 
 PackedCheckpointWriter::PackedCheckpointWriter(const fs::path& out_dir, const fs::path& source_dir,
                                                nlohmann::ordered_json recipe, uint64_t max_shard_bytes)
-    : out_(out_dir), writer_((fs::create_directories(out_dir), out_dir), max_shard_bytes) {
+    : out_(out_dir), created_(!fs::exists(out_dir)), writer_((fs::create_directories(out_dir), out_dir), max_shard_bytes) {
   const std::string config = read_file(source_dir / "config.json");
   write_file_atomic(out_ / "config.json", config);
   meta_["format"] = kPackedFormatName;
@@ -139,6 +139,16 @@ void PackedCheckpointWriter::finish() {
   auto files = writer_.finish();
   meta_["files"] = files;
   write_file_atomic(out_ / kPackedMetaFile, meta_.dump(1) + "\n");
+  finished_ = true;
+}
+
+PackedCheckpointWriter::~PackedCheckpointWriter() {
+  // A failed run leaves no half-written directory behind (it would also block a re-run without --force).
+  // A directory that existed before (--force, or compress's OUT holding .work) is left to its owner.
+  if (created_ && !finished_) {
+    std::error_code ec;
+    fs::remove_all(out_, ec);
+  }
 }
 
 // ---------------------------------------------------------------- reader

@@ -72,8 +72,14 @@ class PackedCheckpointWriter {
   void finish();
   bool added(const std::string& name) const { return added_.count(name) > 0; }
 
+ ~PackedCheckpointWriter();
+  PackedCheckpointWriter(const PackedCheckpointWriter&) = delete;
+  PackedCheckpointWriter& operator=(const PackedCheckpointWriter&) = delete;
+
  private:
   fs::path out_;
+  bool created_ = false;   // out_ did not exist: a writer destroyed before finish() removes it again
+  bool finished_ = false;
   io::SafetensorsWriter writer_;
   nlohmann::ordered_json meta_;
   std::map<std::string, bool> added_;

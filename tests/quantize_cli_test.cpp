@@ -288,6 +288,15 @@ TEST(QuantizeCli, ErrorsAreClear) {
   r = test::run_cli("quantize " + fx.model.string() + " --method rtn --bits 5 -o " + (fx.dir / "z").string());
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--bits"), std::string::npos) << r.err;
+  // A run that fails after the output was started leaves nothing behind, so a re-run needs no --force.
+  const std::string w = (fx.dir / "w").string();
+  r = test::run_cli("quantize " + fx.model.string() + " --calib " + fx.calib.string() +
+                    " --seq-len 32 -q --method rtn --subbit --budget-bits 0.2 -o " + w);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("cheapest allocation"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(w));
+  fx.quantize("w", "--method rtn --bits 4 --group 32");
+  EXPECT_TRUE(fs::exists(fs::path(w) / quantize::kPackedMetaFile));
 }
 
 // moec eval on a packed tiny-mixtral == the PyTorch reference evaluator on its hf-dense (BF16) export.
