@@ -31,7 +31,7 @@ static merge::RouterMerge parse_router(const std::string& s) {
 static int run_merge(int argc, char** argv) {
   po::options_description opts("options");
   std::string model_dir, stats_path, calib_path, method = "subspace", cluster = "dominant", router = "dominant", plan_in, out,
-                                                   svd = "exact", refit = "auto", router_target = "max";
+                                                   svd = "exact", refit = "auto", router_target = "max", form = "dense";
   int keep = 0, rank = 0;
   double ratio = 0, energy = 1.0;
   merge::PipelineOptions po_;
@@ -60,6 +60,11 @@ static int run_merge(int argc, char** argv) {
       "weight-power", po::value(&po_.weight_power)->default_value(1.0),
       "merge weights = selection frequency ^ P (1 = frequency-weighted; larger leans towards the dominant member)")(
       "dominant-gate-up", "subspace: keep the dominant member's gate/up projections, merge only down")(
+      "form", po::value(&form)->default_value("dense"),
+      "output: dense (Hugging Face checkpoint, K dense experts) | factored (moec checkpoint: each merged projection\n"
+      "stored as its cluster's shared U·Σ times the merged V; `moec eval` runs it) | shared-basis (moec checkpoint:\n"
+      "all experts and the router kept, expert = shared U·Σ of its cluster times its own V); factored forms need\n"
+      "--method subspace and are smaller than dense only at ranks below in*out/(in+out) (use --rank or --energy)")(
       "plan-only", "write the plan (JSON) to -o and stop")(
       "plan", po::value(&plan_in), "apply this plan (JSON) instead of clustering")(
       "calib-tokens", po::value(&po_.calib_tokens)->default_value(32768), "use the first N calibration tokens")(
@@ -111,6 +116,9 @@ static int run_merge(int argc, char** argv) {
   if (router_target == "max") po_.router_target = merge::ClusterLogit::Max;
   else if (router_target == "lse") po_.router_target = merge::ClusterLogit::LogSumExp;
   else fail("--router-target: expected max or lse, got '", router_target, "'");
+  po_.form = merge::output_form_from_string(form);
+  if (po_.form != merge::OutputForm::Dense && po_.method != merge::MergeMethod::Subspace)
+    fail("--form ", form, " needs --method subspace (it stores the subspace factors)");
   po_.sequential = vm.count("sequential");
   po_.residual_target = vm.count("residual-target");
   po_.subspace.rank = rank;
@@ -149,6 +157,20 @@ static int run_merge(int argc, char** argv) {
              " (a Hugging Face checkpoint needs the same expert count in every layer)");
     if (keep < spec.routing.top_k) fail("plan ", plan_in, ": ", keep, " clusters, below the router's top-k");
     if (vm.count("router")&& !vm["router"].defaulted()) given->router = po_.router;
+  }
+  if (po_.form != merge::OutputForm::Dense) {
+    nlohmann::ordered_json options{{"form", form},        {"method", method},     {"cluster", cluster},
+                                   {"rank", rank},        {"energy", energy},     {"align", po_.align},
+                                   {"whiten", po_.whiten}, {"refit", refit},      {"weight_power", po_.weight_power},
+                                   {"router", router},    {"calib_tokens", vm.count("calib") ? po_.calib_tokens : 0}};
+    merge::FactoredCheckpointWriter writer(src, out, vm.count("force"));
+    auto plan = merge::merge_model(src, po_, sig, given ? &*given : nullptr, calib,
+                                   [&](int l, merge::MergedLayer&& m) { writer.add_layer(l, m); });
+    const int experts = po_.form == merge::OutputForm::SharedBasis ? E : keep;
+    writer.finish(experts, plan, options);
+    log_info("merge: wrote " + out + " (" + form + " form, " + std::to_string(experts) +
+             " experts per layer; `moec inspect` shows its size, `moec eval` runs it)");
+    return 0;
   }
   merge::MergedCheckpointWriter writer(src, out, vm.count("force"));
   auto plan = merge::merge_model(src, po_, sig, given ? &*given : nullptr, calib,

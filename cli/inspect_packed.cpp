@@ -30,6 +30,9 @@ static int inspect_packed(const std::string& path, bool json) {
       const PackedView& v = src.packed(t.name);
       b = stored_bytes(v);
       codec = codec_name(v.codec);
+    } else if (src.is_lowrank(t.name)) {
+      b = src.lowrank_bytes(t.name);  // right factor + share of the (possibly shared) left factor
+      codec = "lowrank";
     } else {
       const auto& info = src.store().get(t.name);
       b = info.nbytes;

@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint_writer.h"
 #include "model/forward.h"
+#include "quantize/checkpoint.h"
 
 namespace moec::merge {
 
@@ -27,6 +28,16 @@ ClusterAlgo cluster_algo_from_string(const std::string& s) {
   if (s == "hc") return ClusterAlgo::Hierarchical;
   if (s == "dominant") return ClusterAlgo::Dominant;
   fail("unknown clustering '", s, "' (expected kmeans, hc or dominant)");
+}
+
+const char* to_string(OutputForm f) {
+  return f == OutputForm::Dense ? "dense" : f == OutputForm::Factored ? "factored" : "shared-basis";
+}
+OutputForm output_form_from_string(const std::string& s) {
+  if (s == "dense") return OutputForm::Dense;
+  if (s == "factored") return OutputForm::Factored;
+  if (s == "shared-basis") return OutputForm::SharedBasis;
+  fail("unknown output form '", s, "' (expected dense, factored or shared-basis)");
 }
 
 std::vector<LayerSignals> signals_from_profile(const profile::ProfileStats& stats, const model::ModelSpec& spec) {
@@ -178,6 +189,17 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
     fail("merge: the calibration refit supports softmax routers only (", spec.model_type, " uses sigmoid scores)");
   if (opt.residual_target && !opt.sequential) fail("merge: the residual-stream target needs the sequential refit");
   const bool seq = want_refit && opt.sequential;
+  const bool factored = opt.form != OutputForm::Dense;
+  if (factored && !plan_only) {
+    if (opt.method != MergeMethod::Subspace || (given && std::any_of(given->layers.begin(), given->layers.end(), [](auto& lp) {
+                                                  return lp.method != MergeMethod::Subspace;
+                                                })))
+      fail("merge: the ", to_string(opt.form), " output form needs --method subspace (it stores the subspace factors)");
+    if (opt.form == OutputForm::SharedBasis && opt.dominant_gate_up)
+      fail("merge: --dominant-gate-up does not apply to the shared-basis form (every expert keeps its own factors)");
+    if (opt.form == OutputForm::SharedBasis && opt.refit_router)
+      fail("merge: the shared-basis form keeps the original router; a router refit does not apply");
+  }
   const bool use_calib =
       !calib.empty() && (compute_signals || want_whiten || want_refit || (acts_for_align && !plan_only));
 
@@ -224,9 +246,25 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
     const model::Routing rm = model::route(lm, rk);
     if (opt.refit_down) {
       const RefitReport r = refit_down(ml.experts, rm, xr, target, opt.refit);
-      char buf[128];
+      char buf[160];
       std::snprintf(buf, sizeof buf, " down (relative output error %.4f -> %.4f)", r.error_before, r.error_after);
       msg += buf;
+      if (!ml.factors.empty()) {
+        // Factored forms: the refit down D* of each expert is brought back into its cluster's subspace,
+        // V = argmin_V ||U·V - D*||_F (least squares; per expert, this is the exact minimizer of its own
+        // calibration error term given U, see docs/MERGING.md §9).
+        for (size_t k = 0; k < ml.experts.size(); ++k) {
+          FactoredProj& fp = ml.factors[k][2];
+          if (fp.left < 0) continue;
+          const Matrix& U = ml.lefts[size_t(fp.left)];
+          fp.right = U.cast<double>().colPivHouseholderQr().solve(ml.experts[k].down.cast<double>()).cast<float>();
+          ml.experts[k].down = U * fp.right;
+        }
+        const Matrix y = routed_output(ml.experts, rm, xr);
+        const double e = (target - y).cast<double>().squaredNorm() / std::max(1e-300, target.cast<double>().squaredNorm());
+        std::snprintf(buf, sizeof buf, ", %.4f in the factored form", e);
+        msg += buf;
+      }
     }
     if (opt.progress) log_info(msg);
     if (hm) {
@@ -301,6 +339,10 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
       mo.align_for_subspace = opt.align;
       mo.dominant_gate_up = opt.dominant_gate_up;
       MergedLayer ml;
+      if (opt.form == OutputForm::SharedBasis) {
+        ml.experts.resize(size_t(E));
+        ml.factors.resize(size_t(E));
+      }
       for (auto& cp : lp.clusters) {
         std::vector<const Expert*> mem;
         std::vector<double> f;
@@ -315,7 +357,36 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
         MergedExpert me = merge_cluster(mem, f, dom, mo, st);
         cp.rank = me.rank;
         cp.energy = me.energy;
-        ml.experts.push_back(std::move(me.weights));
+        if (opt.form == OutputForm::Dense) {
+          ml.experts.push_back(std::move(me.weights));
+          continue;
+        }
+        std::array<int, 3> left{-1, -1, -1};
+        for (int t = 0; t < 3; ++t)
+          if (me.rank[size_t(t)] > 0) {
+            left[size_t(t)] = int(ml.lefts.size());
+            ml.lefts.push_back(std::move(me.factors[size_t(t)].us));
+          }
+        if (opt.form == OutputForm::Factored) {
+          std::array<FactoredProj, 3> fp;
+          for (int t = 0; t < 3; ++t)
+            if (left[size_t(t)] >= 0) fp[size_t(t)] = {left[size_t(t)], std::move(me.factors[size_t(t)].v_merged)};
+          ml.factors.push_back(std::move(fp));
+          ml.experts.push_back(std::move(me.weights));
+        } else {
+          // Shared basis: member i keeps its own V_i; its weights are U·Σ · V_i (neurons in the aligned order
+          // when --align permuted them, which computes the same function).
+          for (size_t i = 0; i < cp.members.size(); ++i) {
+            const int e = cp.members[i];
+            Expert& out = ml.experts[size_t(e)];
+            Matrix Expert::*mats[3] = {&Expert::gate, &Expert::up, &Expert::down};
+            for (int t = 0; t < 3; ++t) {
+              FactoredProj& fp = ml.factors[size_t(e)][size_t(t)];
+              fp = {left[size_t(t)], me.factors[size_t(t)].v_members[i]};
+              out.*mats[t] = ml.lefts[size_t(fp.left)] * fp.right;
+            }
+          }
+        }
       }
       Clusters cl;
       std::vector<int> dominants;
@@ -324,7 +395,13 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
         dominants.push_back(cp.dominant);
       }
       const Matrix router = use_calib ? w.router : src.matrix(spec.router(l));
-      ml.router = merge_router(router, cl, dominants, freq, plan.router);
+      if (opt.form == OutputForm::SharedBasis) {
+        ml.router = router;  // every expert is kept: routing unchanged
+        cl.clear();
+        for (int e = 0; e < E; ++e) cl.push_back({e});
+      } else {
+        ml.router = merge_router(router, cl, dominants, freq, plan.router);
+      }
       if (want_refit) refit_layer(l, ex, cl, w, seq ? xm : x, ml, seq ? &hm : nullptr, h, y);
       sink(l, std::move(ml));
     }
@@ -394,6 +471,76 @@ void MergedCheckpointWriter::finish(int keep, const MergePlan& plan) {
   prov["method"] = "merge";
   prov["plan"] = plan_to_json(plan);
   impl_->w.set_provenance(prov);
+  impl_->w.finish();
+}
+
+// ------------------------------------------------------------------------------------ factored writer
+
+struct FactoredCheckpointWriter::Impl {
+  quantize::PackedCheckpointWriter w;
+  Impl(const fs::path& out, const fs::path& in) : w(out, in, nlohmann::ordered_json::object()) {}
+};
+
+static fs::path prepared_output(const fs::path& out, const fs::path& in, bool force) {
+  check_output_dir(out, in, force);
+  fs::remove(out / quantize::kPackedMetaFile);  // --force: a half-rewritten directory is no checkpoint
+  return out;
+}
+
+FactoredCheckpointWriter::FactoredCheckpointWriter(const model::CheckpointSource& src, fs::path out_dir, bool force)
+    : src_(src), impl_(std::make_unique<Impl>(prepared_output(out_dir, src.path(), force), src.path())) {}
+
+FactoredCheckpointWriter::~FactoredCheckpointWriter() = default;
+
+void FactoredCheckpointWriter::add_layer(int l, const MergedLayer& m) {
+  const auto& spec = src_.spec();
+  const auto& store = src_.store();
+  if (!m.factors.empty() && m.factors.size() != m.experts.size())
+    fail("factored writer: layer ", l, " has ", m.factors.size(), " factor sets for ", m.experts.size(), " experts");
+  // A shared left factor is stored once, under the name of the first projection that uses it + ".left".
+  std::vector<std::string> left_name(m.lefts.size());
+  for (size_t k = 0; k < m.experts.size(); ++k) {
+    const Expert& e = m.experts[k];
+    for (int t = 0; t < 3; ++t) {
+      const Proj p = kProjs[size_t(t)];
+      const std::string name = spec.expert(l, int(k), p);
+      const io::DType dt = float_dtype(store.get(spec.expert(l, 0, p)).dtype);
+      const FactoredProj* fp = m.factors.empty() ? nullptr : &m.factors[k][size_t(t)];
+      if (!fp || fp->left < 0) {
+        impl_->w.add_matrix(name, dt, p == Proj::Gate ? e.gate : p == Proj::Up ? e.up : e.down);
+        continue;
+      }
+      if (fp->left >= int(m.lefts.size())) fail("factored writer: layer ", l, " expert ", k, ": left factor ", fp->left, " out of range");
+      std::string& ln = left_name[size_t(fp->left)];
+      if (ln.empty()) {
+        ln = name + ".left";
+        impl_->w.add_factor(ln, dt, m.lefts[size_t(fp->left)]);
+      }
+      impl_->w.add_factor(name + ".right", dt, fp->right);
+      impl_->w.add_lowrank(name, ln, name + ".right");
+    }
+  }
+  impl_->w.add_matrix(spec.router(l), float_dtype(store.get(spec.router(l)).dtype), m.router);
+}
+
+void FactoredCheckpointWriter::finish(int experts_per_layer, const MergePlan& plan, const nlohmann::ordered_json& options) {
+  const auto& spec = src_.spec();
+  for (auto& t : model::expected_tensors(spec)) {
+    using Role = model::ExpectedTensor::Role;
+    if (t.role == Role::RoutedExpert || t.role == Role::Router) continue;
+    if (t.role == Role::LmHead && spec.tie_embeddings) continue;
+    const auto& info = src_.store().get(t.name);
+    impl_->w.add_dense(t.name, info.dtype, info.shape, info.data, info.nbytes);
+    src_.release(t.name);
+  }
+  auto config = nlohmann::ordered_json::parse(read_file(src_.path() / "config.json"));
+  config[spec.experts_key()] = experts_per_layer;
+  impl_->w.replace_config(config.dump(2) + "\n");
+  nlohmann::ordered_json recipe;
+  recipe["method"] = "merge";
+  recipe["options"] = options;
+  recipe["plan"] = plan_to_json(plan);
+  impl_->w.set_recipe(recipe);
   impl_->w.finish();
 }
 

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "merge/merge.h"
@@ -26,8 +27,18 @@ enum class ClusterAlgo { KMeans /* Sub-MoE: k-means++ on normalized mean outputs
 const char* to_string(ClusterAlgo c);
 ClusterAlgo cluster_algo_from_string(const std::string& s);  // "kmeans" | "hc" | "dominant"
 
+// What the merged model is written as (docs/MERGING.md §9).
+enum class OutputForm {
+  Dense,       // K dense experts per layer: a Hugging Face checkpoint that loads anywhere
+  Factored,    // K experts, each projection stored as its cluster's U·Σ [out x r] times the merged V [r x in]
+  SharedBasis  // all E experts kept (router unchanged), expert e = U_c·Σ_c · V_e with U_c shared by its cluster
+};
+const char* to_string(OutputForm f);
+OutputForm output_form_from_string(const std::string& s);  // "dense" | "factored" | "shared-basis"
+
 struct PipelineOptions {
   MergeMethod method = MergeMethod::Subspace;
+  OutputForm form = OutputForm::Dense;  // Factored / SharedBasis need MergeMethod::Subspace
   int keep = 0;                       // experts (clusters) per layer after merging, 1..E
   ClusterAlgo cluster = ClusterAlgo::Dominant;
   SubspaceOptions subspace;           // rank / energy (Subspace only)
@@ -66,9 +77,20 @@ std::vector<LayerSignals> signals_from_profile(const profile::ProfileStats& stat
 LayerPlan plan_layer(const LayerSignals& sig, const PipelineOptions& opt);
 
 // One merged MoE layer: K experts (cluster order of the plan) and the merged router [K x H].
+// With OutputForm::Factored / SharedBasis, every expert projection that has factors is also given as
+// left factor (an index into `lefts`, shared by the cluster's experts) times its own right factor; `experts`
+// then holds the products (what the factored model computes). left < 0: the projection is stored dense
+// (e.g. gate/up with --dominant-gate-up).
+struct FactoredProj {
+  int left = -1;
+  Matrix right;  // [r x in]
+};
+
 struct MergedLayer {
   std::vector<Expert> experts;
   Matrix router;
+  std::vector<Matrix> lefts;                         // [out x r] shared left factors (U·Σ)
+  std::vector<std::array<FactoredProj, 3>> factors;  // per expert (gate, up, down); empty for OutputForm::Dense
 };
 
 // Runs the pipeline. Exactly one of `signals` (plan from statistics) and `plan` (given) is used; with
@@ -94,6 +116,24 @@ class MergedCheckpointWriter {
   ~MergedCheckpointWriter();
   void add_layer(int layer, const MergedLayer& m);
   void finish(int keep, const MergePlan& plan);
+
+ private:
+  const model::CheckpointSource& src_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Writes a factored merge (OutputForm::Factored / SharedBasis) as a packed moec checkpoint (docs/FORMAT.md,
+// "Low-rank tensors"): each factored expert projection is a low-rank tensor whose left factor is shared by
+// the experts of its cluster; everything else dense in the source's dtype; config.json with the layer's
+// expert count; the plan and options in moec.json's recipe. `moec eval` runs it directly (two GEMMs per
+// projection, the product is never formed); `moec export --format hf-dense` expands it.
+class FactoredCheckpointWriter {
+ public:
+  FactoredCheckpointWriter(const model::CheckpointSource& src, std::filesystem::path out_dir, bool force);
+  ~FactoredCheckpointWriter();
+  void add_layer(int layer, const MergedLayer& m);
+  void finish(int experts_per_layer, const MergePlan& plan, const nlohmann::ordered_json& options);
 
  private:
   const model::CheckpointSource& src_;

@@ -31,6 +31,21 @@ class DenseLinear final : public Linear {
   Matrix w_;
 };
 
+// W = left [out x r] * right [r x in] (a factored / low-rank weight, e.g. a merged expert in a shared subspace):
+// Y = (X right^T) left^T, two GEMMs with an r-wide intermediate; the product is never formed.
+class LowRankLinear final : public Linear {
+ public:
+  LowRankLinear(Matrix left, Matrix right);  // fails unless left.cols() == right.rows()
+  int out_features() const override { return int(left_.rows()); }
+  int in_features() const override { return int(right_.cols()); }
+  int rank() const { return int(right_.rows()); }
+  void forward(const Matrix& X, Matrix& Y) const override;
+  Matrix dense() const override;
+
+ private:
+  Matrix left_, right_;
+};
+
 // C[m, n] = A[m, k] * B[n, k]^T (+ beta * C) through OpenBLAS sgemm.
 void gemm_nt(const Matrix& A, const Matrix& B, Matrix& C, float beta = 0.0f);
 

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/half.h"
 #include "kernels/gemv.h"
 #include "model/linear.h"
 
@@ -117,6 +118,59 @@ void PackedCheckpointWriter::add_packed(const std::string& name, const PackedMat
   added_[name] = true;
 }
 
+namespace {
+// fp32 values as the bytes of `dtype` (what SafetensorsWriter::add_f32 stores), so that they can be hashed.
+std::vector<uint8_t> float_bytes(const Matrix& m, io::DType dtype, const std::string& name) {
+  const size_t n = size_t(m.size());
+  std::vector<uint8_t> out;
+  if (dtype == io::DType::F32) {
+    out.resize(4 * n);
+    std::memcpy(out.data(), m.data(), 4 * n);
+    return out;
+  }
+  if (dtype != io::DType::BF16 && dtype != io::DType::F16)
+    fail("packed checkpoint: cannot store '", name, "' as ", io::dtype_name(dtype), " (F32, F16 or BF16)");
+  out.resize(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t h = dtype == io::DType::BF16 ? f32_to_bf16(m.data()[i]) : f32_to_f16(m.data()[i]);
+    std::memcpy(out.data() + 2 * i, &h, 2);
+  }
+  return out;
+}
+}  // namespace
+
+void PackedCheckpointWriter::add_matrix(const std::string& name, io::DType dtype, const Matrix& m) {
+  const auto bytes = float_bytes(m, dtype, name);
+  add_dense(name, dtype, {m.rows(), m.cols()}, bytes.data(), bytes.size());
+}
+
+void PackedCheckpointWriter::add_factor(const std::string& factor_name, io::DType dtype, const Matrix& m) {
+  if (added_.count(factor_name) || factors_.count(factor_name))
+    fail(out_.string(), ": tensor '", factor_name, "' added twice");
+  if (m.size() == 0 || !m.allFinite()) fail(out_.string(), ": factor '", factor_name, "' is empty or not finite");
+  const auto bytes = float_bytes(m, dtype, factor_name);
+  writer_.add(factor_name, dtype, {m.rows(), m.cols()}, bytes.data(), bytes.size());
+  factors_[factor_name] = {m.rows(), m.cols(), tensor_sha256(bytes.data(), bytes.size())};
+}
+
+void PackedCheckpointWriter::add_lowrank(const std::string& name, const std::string& left, const std::string& right,
+                                         nlohmann::ordered_json info) {
+  if (added_.count(name)) fail(out_.string(), ": tensor '", name, "' added twice");
+  auto l = factors_.find(left), r = factors_.find(right);
+  if (l == factors_.end() || r == factors_.end())
+    fail(out_.string(), ": low-rank tensor '", name, "': factor '", l == factors_.end() ? left : right, "' was not added");
+  if (l->second.cols != r->second.rows)
+    fail(out_.string(), ": low-rank tensor '", name, "': left factor is ", l->second.rows, "x", l->second.cols,
+         ", right factor ", r->second.rows, "x", r->second.cols);
+  nlohmann::ordered_json t;
+  t["shape"] = {l->second.rows, r->second.cols};
+  t["lowrank"] = {{"left", left}, {"right", right}, {"rank", l->second.cols}};
+  t["sha256"] = {{"left", l->second.sha}, {"right", r->second.sha}};
+  for (auto& [k, v] : info.items()) t[k] = v;
+  meta_["tensors"][name] = t;
+  added_[name] = true;
+}
+
 void PackedCheckpointWriter::add_remaining(const model::WeightSource& src) {
   const auto& spec = src.spec();
   auto* ckpt = dynamic_cast<const model::CheckpointSource*>(&src);
@@ -201,6 +255,33 @@ PackedSource::PackedSource(const fs::path& dir) : dir_(dir) {
     if (it == expected.end()) fail(tctx, " is not a tensor of this model (config.json)");
     const auto shape = field(t, "shape", tctx).get<std::vector<int64_t>>();
     if (shape != it->second) fail(tctx, ": shape ", shape_str(shape), " but config.json implies ", shape_str(it->second));
+    if (t.is_object() && t.contains("lowrank")) {
+      const auto& lr = t.at("lowrank");
+      auto e = std::make_unique<LowRank>();
+      const auto& sha = field(t, "sha256", tctx);
+      try {
+        e->left = field(lr, "left", tctx + ": lowrank").get<std::string>();
+        e->right = field(lr, "right", tctx + ": lowrank").get<std::string>();
+        e->rank = field(lr, "rank", tctx + ": lowrank").get<int>();
+      } catch (const nlohmann::json::exception& err) {
+        fail(tctx, ": malformed 'lowrank' field: ", err.what());
+      }
+      if (e->rank < 1) fail(tctx, ": lowrank rank ", e->rank, " must be >= 1");
+      const std::vector<int64_t> want_left{shape[0], e->rank}, want_right{e->rank, shape[1]};
+      for (const char* side : {"left", "right"}) {
+        const std::string& fname = std::string(side) == "left" ? e->left : e->right;
+        if (!store_->has(fname)) fail(tctx, ": ", side, " factor '", fname, "' is missing from the safetensors files");
+        const auto& info = store_->get(fname);
+        if (!io::dtype_is_float(info.dtype)) fail(tctx, ": ", side, " factor '", fname, "' has dtype ", io::dtype_name(info.dtype), ", expected a float type");
+        const auto& want = std::string(side) == "left" ? want_left : want_right;
+        if (info.shape != want)
+          fail(tctx, ": ", side, " factor '", fname, "' has shape ", shape_str(info.shape), ", expected ", shape_str(want));
+        if (!sha.contains(side)) fail(tctx, ": no sha256 recorded for the ", side, " factor");
+        e->sha[side] = sha.at(side).get<std::string>();
+      }
+      lowrank_[name] = std::move(e);
+      continue;
+    }
     auto e = std::make_unique<Entry>();
     e->row_offsets = std::make_shared<std::vector<uint32_t>>();
     const auto& sha = field(t, "sha256", tctx);
@@ -221,8 +302,16 @@ PackedSource::PackedSource(const fs::path& dir) : dir_(dir) {
       fail(tctx, ": codec meta says ", e->view.rows, " x ", e->view.cols, " but shape is ", shape_str(shape));
     packed_[name] = std::move(e);
   }
+  // Left factors may be shared: split their bytes over the tensors that use them (remainder to the first).
+  std::map<std::string, std::vector<LowRank*>> users;
+  for (auto& [name, e] : lowrank_) users[e->left].push_back(e.get());
+  for (auto& [left, us] : users) {
+    const uint64_t lb = store_->get(left).nbytes, n = us.size();
+    for (size_t i = 0; i < us.size(); ++i) us[i]->bytes = lb / n + (i == 0 ? lb % n : 0);
+  }
+  for (auto& [name, e] : lowrank_) e->bytes += store_->get(e->right).nbytes;
   for (auto& [name, shape] : expected) {
-    if (packed_.count(name)) continue;
+    if (packed_.count(name) || lowrank_.count(name)) continue;
     if (name == spec_.lm_head() && spec_.tie_embeddings) continue;
     if (!store_->has(name)) fail(dir.string(), ": tensor '", name, "' required by config.json is missing (neither dense nor packed)");
     const auto& info = store_->get(name);
@@ -245,8 +334,35 @@ void PackedSource::verify(const std::string& name, const Entry& e) const {
   e.verified.store(true, std::memory_order_release);
 }
 
+void PackedSource::verify_lowrank(const std::string& name, const LowRank& e) const {
+  if (e.verified.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> lock(verify_mu_);
+  if (e.verified.load(std::memory_order_relaxed)) return;
+  for (const char* side : {"left", "right"}) {
+    const auto& info = store_->get(std::string(side) == "left" ? e.left : e.right);
+    const std::string got = tensor_sha256(info.data, info.nbytes);
+    if (got != e.sha.at(side))
+      fail(info.file, ": checksum mismatch in the ", side, " factor '", info.name, "' of low-rank tensor '", name,
+           "' (sha256 ", got, ", moec.json records ", e.sha.at(side), "): the file is corrupt");
+  }
+  e.verified.store(true, std::memory_order_release);
+}
+
 void PackedSource::verify_all() const {
   for (auto& [name, e] : packed_) verify(name, *e);
+  for (auto& [name, e] : lowrank_) verify_lowrank(name, *e);
+}
+
+int PackedSource::lowrank_rank(const std::string& name) const {
+  auto it = lowrank_.find(name);
+  if (it == lowrank_.end()) fail(dir_.string(), ": tensor '", name, "' is not low-rank");
+  return it->second->rank;
+}
+
+uint64_t PackedSource::lowrank_bytes(const std::string& name) const {
+  auto it = lowrank_.find(name);
+  if (it == lowrank_.end()) fail(dir_.string(), ": tensor '", name, "' is not low-rank");
+  return it->second->bytes;
 }
 
 const PackedView& PackedSource::packed(const std::string& name) const {
@@ -268,6 +384,7 @@ std::shared_ptr<const QuantizedMatrix> PackedSource::codes(const std::string& na
 }
 
 Matrix PackedSource::matrix(const std::string& name) const {
+  if (lowrank_.count(name)) return linear(name)->dense();
   if (packed_.count(name)) {
     const PackedView& v = packed(name);
     Matrix W(v.rows, v.cols);
@@ -278,6 +395,11 @@ Matrix PackedSource::matrix(const std::string& name) const {
 }
 
 std::shared_ptr<const model::Linear> PackedSource::linear(const std::string& name) const {
+  if (auto lr = lowrank_.find(name); lr != lowrank_.end()) {
+    verify_lowrank(name, *lr->second);
+    return std::make_shared<model::LowRankLinear>(io::to_matrix(store_->get(lr->second->left)),
+                                                  io::to_matrix(store_->get(lr->second->right)));
+  }
   auto it = packed_.find(name);
   if (it != packed_.end()) {
     // The view points into the mmap and (subbit) into the rebuilt row offsets: the layer keeps both alive.
@@ -289,6 +411,11 @@ std::shared_ptr<const model::Linear> PackedSource::linear(const std::string& nam
 }
 
 void PackedSource::release(const std::string& name) const {
+  if (auto lr = lowrank_.find(name); lr != lowrank_.end()) {
+    store_->release(lr->second->left);
+    store_->release(lr->second->right);
+    return;
+  }
   auto it = packed_.find(name);
   if (it == packed_.end()) {
     store_->release(name);

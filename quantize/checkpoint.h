@@ -64,11 +64,22 @@ class PackedCheckpointWriter {
   void add_dense(const std::string& name, io::DType dtype, const std::vector<int64_t>& shape, const void* data, size_t nbytes);
   // A packed matrix; `info` (method, spec, path, tokens, loss, ...) is recorded in moec.json beside the codec meta.
   void add_packed(const std::string& name, const PackedMatrix& m, nlohmann::ordered_json info = {});
+  // A dense model tensor from fp32 values, stored as `dtype` (F32, F16 or BF16).
+  void add_matrix(const std::string& name, io::DType dtype, const Matrix& m);
+  // A factor of low-rank matrices, stored under `factor_name` (a name that is not a model tensor) as `dtype`.
+  // One factor may serve several matrices (e.g. the shared U of a merged cluster).
+  void add_factor(const std::string& factor_name, io::DType dtype, const Matrix& m);
+  // Model tensor `name` stored as left [rows x r] * right [r x cols], both added before with add_factor
+  // (docs/FORMAT.md, "Low-rank tensors").
+  void add_lowrank(const std::string& name, const std::string& left, const std::string& right,
+                   nlohmann::ordered_json info = {});
   // Copies every tensor of `src` not added yet in its stored form (CheckpointSource: raw bytes; otherwise
   // fp32 -> BF16), in model::expected_tensors order.
   void add_remaining(const model::WeightSource& src);
   // Replaces config.json (e.g. a pruned model's config: fewer experts); provenance keeps the source's hash.
   void replace_config(const std::string& config_json);
+  // Replaces the recipe recorded in moec.json (e.g. when it is only known at the end).
+  void set_recipe(nlohmann::ordered_json recipe) { meta_["recipe"] = std::move(recipe); }
   void finish();
   bool added(const std::string& name) const { return added_.count(name) > 0; }
 
@@ -83,6 +94,11 @@ class PackedCheckpointWriter {
   io::SafetensorsWriter writer_;
   nlohmann::ordered_json meta_;
   std::map<std::string, bool> added_;
+  struct Factor {
+    int64_t rows = 0, cols = 0;
+    std::string sha;
+  };
+  std::map<std::string, Factor> factors_;
 };
 
 // A packed checkpoint as a weight source. Opening validates moec.json (format name and version), every
@@ -93,7 +109,7 @@ class PackedSource final : public model::WeightSource {
  public:
   explicit PackedSource(const fs::path& dir);
   const model::ModelSpec& spec() const override { return spec_; }
-  bool has(const std::string& name) const override { return packed_.count(name) || store_->has(name); }
+  bool has(const std::string& name) const override { return packed_.count(name) || lowrank_.count(name) || store_->has(name); }
   Matrix matrix(const std::string& name) const override;
   std::shared_ptr<const model::Linear> linear(const std::string& name) const override;
   void release(const std::string& name) const override;
@@ -102,6 +118,12 @@ class PackedSource final : public model::WeightSource {
   uint64_t bytes_on_disk() const override { return store_->bytes_on_disk(); }
 
   bool is_packed(const std::string& name) const { return packed_.count(name) > 0; }
+  // Stored as left * right factors (docs/FORMAT.md, "Low-rank tensors").
+  bool is_lowrank(const std::string& name) const { return lowrank_.count(name) > 0; }
+  int lowrank_rank(const std::string& name) const;
+  // Bytes of a low-rank tensor: its right factor plus its share of the left factor (split evenly over the
+  // tensors that use it, the remainder to the first), so that summing over all tensors counts each factor once.
+  uint64_t lowrank_bytes(const std::string& name) const;
   // The view of a packed tensor (checksum verified).
   const PackedView& packed(const std::string& name) const;
   // Its stored bytes (codes, scales, ...), from the codec meta alone: touches none of the tensor's data.
@@ -124,6 +146,15 @@ class PackedSource final : public model::WeightSource {
   std::shared_ptr<const io::TensorStore> store_;  // PackedLinears share it: the mmap outlives them
   nlohmann::json meta_;
   std::map<std::string, std::unique_ptr<Entry>> packed_;
+  struct LowRank {
+    std::string left, right;
+    int rank = 0;
+    std::map<std::string, std::string> sha;  // "left"/"right" -> hex
+    uint64_t bytes = 0;
+    mutable std::atomic<bool> verified{false};
+  };
+  void verify_lowrank(const std::string& name, const LowRank& e) const;
+  std::map<std::string, std::unique_ptr<LowRank>> lowrank_;
   mutable std::mutex verify_mu_;
 };
 
