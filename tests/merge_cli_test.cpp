@@ -16,6 +16,9 @@
 namespace moec {
 namespace {
 
+using test::all_logits;
+using test::random_tokens;
+
 using model::Proj;
 
 // A random tiny Mixtral (top-1, 4 experts) whose experts 0 and 1 are identical in every layer, with
@@ -32,20 +35,6 @@ test::TinyModel twin_model() {
     std::copy(r.second.begin(), r.second.begin() + long(H), r.second.begin() + long(H));
   }
   return m;
-}
-
-Matrix all_logits(const model::WeightSource& src, const std::vector<int32_t>& toks, int seq) {
-  model::Forward f(src);
-  Matrix h = f.embed(toks.data(), int64_t(toks.size()));
-  for (int l = 0; l < src.spec().num_layers; ++l) f.run_layer(l, f.load_layer(l), h, seq);
-  return f.logits(h, 0, h.rows());
-}
-
-std::vector<int32_t> random_tokens(int n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = int32_t(rng() % unsigned(vocab));
-  return t;
 }
 
 // A plan for every layer: clusters given explicitly, dominant = first member.

@@ -20,19 +20,8 @@
 namespace moec {
 namespace {
 
-Matrix all_logits(const model::WeightSource& src, const std::vector<int32_t>& toks, int seq) {
-  model::Forward f(src);
-  Matrix h = f.embed(toks.data(), int64_t(toks.size()));
-  for (int l = 0; l < src.spec().num_layers; ++l) f.run_layer(l, f.load_layer(l), h, seq);
-  return f.logits(h, 0, h.rows());
-}
-
-std::vector<int32_t> random_tokens(int n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = int32_t(rng() % unsigned(vocab));
-  return t;
-}
+using test::all_logits;
+using test::random_tokens;
 
 double max_abs_diff(const Matrix& a, const Matrix& b) { return double((a - b).cwiseAbs().maxCoeff()); }
 

@@ -162,12 +162,7 @@ void compare(const LayerStats& L, const Ref& r, int E, int H, const std::string&
   EXPECT_EQ(sum, L.tokens * L.top_k) << tag;
 }
 
-std::vector<int32_t> random_tokens(int n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& v : t) v = int32_t(rng() % unsigned(vocab));
-  return t;
-}
+using test::random_tokens;
 
 struct Fixture {
   test::TempDir dir{"profile"};

@@ -100,12 +100,7 @@ Matrix plain_forward(const model::WeightSource& src, const std::vector<int32_t>&
   return fwd.logits(h, 0, h.rows());
 }
 
-std::vector<int32_t> random_tokens(int n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& v : t) v = int32_t(rng() % unsigned(vocab));
-  return t;
-}
+using test::random_tokens;
 
 prune::PrunePlan make_plan(const fs::path& dir, const std::vector<std::vector<int>>& keep) {
   auto spec = model::load_spec(dir);

@@ -10,6 +10,7 @@
 #include "core/files.h"
 #include "core/half.h"
 #include "io/safetensors.h"
+#include "model/forward.h"
 
 namespace moec::test {
 
@@ -168,5 +169,19 @@ CliResult run_cli(const std::string& args) {
 std::string shared_dir() { return MOEC_SHARED_DIR; }
 std::string source_dir() { return MOEC_SOURCE_DIR; }
 std::string tiny_mixtral() { return std::string(MOEC_SOURCE_DIR) + "/examples/tiny-mixtral"; }
+
+std::vector<int32_t> random_tokens(int n, int vocab, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& v : t) v = int32_t(rng() % unsigned(vocab));
+  return t;
+}
+
+Matrix all_logits(const model::WeightSource& src, const std::vector<int32_t>& tokens, int seq) {
+  model::Forward f(src);
+  Matrix h = f.embed(tokens.data(), int64_t(tokens.size()));
+  for (int l = 0; l < src.spec().num_layers; ++l) f.run_layer(l, f.load_layer(l), h, seq);
+  return f.logits(h, 0, h.rows());
+}
 
 }  // namespace moec::test

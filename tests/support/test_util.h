@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/matrix.h"
+#include "model/source.h"
 
 namespace moec::test {
 namespace fs = std::filesystem;
@@ -51,6 +52,11 @@ struct CliResult {
   std::string out, err;
 };
 CliResult run_cli(const std::string& args);
+
+// n tokens drawn uniformly from [0, vocab) by std::mt19937(seed).
+std::vector<int32_t> random_tokens(int n, int vocab, unsigned seed);
+// Logits [n x vocab] of a plain forward pass (windows of `seq` tokens) over all layers of src.
+Matrix all_logits(const model::WeightSource& src, const std::vector<int32_t>& tokens, int seq);
 
 std::string shared_dir();   // ../shared
 std::string source_dir();   // repository root
