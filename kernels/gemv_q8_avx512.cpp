@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/blocks.h"
@@ -98,14 +99,13 @@ struct QDecSub {
 };
 
 struct Q8Ctx {
-  int npairs = 0, bpr = 0, ppa = 1;  // pairs per row, blocks per row, pairs per activation block (1 or 2)
-  bool split = false;                // activation block = 32 columns: two per pair
+  int npairs = 0, bpr = 0;           // pairs of blocks per row, blocks per row
   const int8_t* xq = nullptr;        // tokens of this pass
   size_t ldq = 0;
   const float* cd1 = nullptr;        // (coefficient * d) per (row i, token t, act block): [(i * T + t) * cds + b]
   const float* cd2 = nullptr;        // ternary with neg_scales: b_g * d
   int cds = 0;
-  __m512i U, V, mask, half_idx;      // ternary tables, int code mask, lane -> block of the pair (split)
+  __m512i U, V, mask, half_idx;      // ternary tables, int code mask, lane -> block of the pair (kMode 2)
 };
 
 template <class Dec, bool kTern, bool kNeg, bool kMask>
@@ -116,10 +116,13 @@ inline __m512i map_u(const Dec&, const Q8Ctx& C, __m512i raw) {
 }
 
 // Register tile: rows i0..i0+R of the chunk times the pass's T tokens over pairs [ps, pe). st[i * T + t] carries
-// the fp32 partial sums (16 lanes) between column segments.
-template <class Dec, bool kTern, bool kNeg, bool kMask, int R, int T>
+// the fp32 partial sums (16 lanes) between column segments. kMode: 0 = activation blocks of 128 columns (flush the
+// int32 lanes every 2 pairs), 1 = 64 columns (every pair), 2 = 32 columns (two blocks per pair: per-lane scales).
+// ps is a multiple of the pairs per activation block; only the row's last block may be partial.
+template <class Dec, bool kTern, bool kNeg, bool kMask, int kMode, int R, int T>
 inline void q8_tile(const Dec& dec, const Q8Ctx& C, const uint8_t* const* codes, int i0, int ps, int pe, __m512* st,
                     const uint8_t*& pf) {
+  constexpr int kPpa = kMode == 0 ? 2 : 1;
   __m512 acc[R][T];
   __m512i iu[R][T], iv[R][T];
 #pragma GCC unroll 16
@@ -130,12 +133,11 @@ inline void q8_tile(const Dec& dec, const Q8Ctx& C, const uint8_t* const* codes,
       iu[r][t] = _mm512_setzero_si512();
       if constexpr (kNeg) iv[r][t] = _mm512_setzero_si512();
     }
-  for (int p = ps; p < pe; ++p) {
+  auto pair = [&](int p, bool half) __attribute__((always_inline)) {
     if constexpr (Dec::kPairBytes > 0) {
       _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
       pf += R * Dec::kPairBytes;
     }
-    const bool half = 2 * p + 1 == C.bpr;
     __m512i u[R], v[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -153,39 +155,46 @@ inline void q8_tile(const Dec& dec, const Q8Ctx& C, const uint8_t* const* codes,
         if constexpr (kNeg) iv[r][t] = _mm512_dpbusd_epi32(iv[r][t], v[r], x);
       }
     }
-    if (C.split) {
-      // Lanes of block 2p and 2p + 1 get their own (coefficient * d).
+  };
+  // Convert the int32 lanes and add them times (coefficient * d) of activation block ab (kMode 2: blocks ab, ab + 1
+  // by lane).
+  auto flush = [&](int ab) __attribute__((always_inline)) {
 #pragma GCC unroll 16
-      for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-        for (int t = 0; t < T; ++t) {
-          const size_t o = size_t((i0 + r) * T + t) * size_t(C.cds) + 2 * size_t(p);
-          const __m512 s1 = _mm512_permutexvar_ps(
+      for (int t = 0; t < T; ++t) {
+        const size_t o = size_t((i0 + r) * T + t) * size_t(C.cds) + size_t(ab);
+        __m512 s1, s2;
+        if constexpr (kMode == 2) {
+          s1 = _mm512_permutexvar_ps(
               C.half_idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(C.cd1 + o)))));
-          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iu[r][t]), s1, acc[r][t]);
-          iu[r][t] = _mm512_setzero_si512();
-          if constexpr (kNeg) {
-            const __m512 s2 = _mm512_permutexvar_ps(
+          if constexpr (kNeg)
+            s2 = _mm512_permutexvar_ps(
                 C.half_idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(C.cd2 + o)))));
-            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iv[r][t]), s2, acc[r][t]);
-            iv[r][t] = _mm512_setzero_si512();
-          }
+        } else {
+          s1 = _mm512_set1_ps(C.cd1[o]);
+          if constexpr (kNeg) s2 = _mm512_set1_ps(C.cd2[o]);
         }
-    } else if (((p + 1) & (C.ppa - 1)) == 0 || p + 1 == C.npairs) {
-      const size_t ab = size_t(p / C.ppa);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-        for (int t = 0; t < T; ++t) {
-          const size_t o = size_t((i0 + r) * T + t) * size_t(C.cds) + ab;
-          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iu[r][t]), _mm512_set1_ps(C.cd1[o]), acc[r][t]);
-          iu[r][t] = _mm512_setzero_si512();
-          if constexpr (kNeg) {
-            acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iv[r][t]), _mm512_set1_ps(C.cd2[o]), acc[r][t]);
-            iv[r][t] = _mm512_setzero_si512();
-          }
+        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iu[r][t]), s1, acc[r][t]);
+        iu[r][t] = _mm512_setzero_si512();
+        if constexpr (kNeg) {
+          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iv[r][t]), s2, acc[r][t]);
+          iv[r][t] = _mm512_setzero_si512();
         }
-    }
+      }
+  };
+  // Whole activation blocks of whole pairs, then the rest of the row (a partial block and/or the half pair).
+  const int full = std::min(pe, C.bpr / 2);  // pairs with both blocks
+  int p = ps;
+  for (; p + kPpa <= full; p += kPpa) {
+    pair(p, false);
+    if constexpr (kPpa == 2) pair(p + 1, false);
+    flush(kMode == 2 ? 2 * p : p / kPpa);
+  }
+  if (p < pe) {  // the row's last activation block
+    const int p0 = p;
+    for (; p < pe; ++p) pair(p, 2 * p + 1 == C.bpr);
+    flush(kMode == 2 ? 2 * p0 : p0 / kPpa);
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
@@ -195,7 +204,7 @@ inline void q8_tile(const Dec& dec, const Q8Ctx& C, const uint8_t* const* codes,
 
 // All nr rows of the chunk for the pass's T tokens: column segment by segment (the segment of xq stays in L1),
 // tiles of R rows and then single rows; y = reduce(lanes) - offset, in a fixed order.
-template <class Dec, bool kTern, bool kNeg, bool kMask, int R, int T>
+template <class Dec, bool kTern, bool kNeg, bool kMask, int kMode, int R, int T>
 void q8_tiles(const Dec& dec, const PackedView& W, const Q8Ctx& C, int nr, const uint8_t* const* codes,
               const float* offs, float* Y, int r0, int t0) {
   __m512 st[kRowChunk * T];
@@ -205,8 +214,8 @@ void q8_tiles(const Dec& dec, const PackedView& W, const Q8Ctx& C, int nr, const
   for (int ps = 0; ps < C.npairs; ps += seg) {
     const int pe = std::min(C.npairs, ps + seg);
     int i = 0;
-    for (; i + R <= nr; i += R) q8_tile<Dec, kTern, kNeg, kMask, R, T>(dec, C, codes + i, i, ps, pe, st, pf);
-    for (; i < nr; ++i) q8_tile<Dec, kTern, kNeg, kMask, 1, T>(dec, C, codes + i, i, ps, pe, st, pf);
+    for (; i + R <= nr; i += R) q8_tile<Dec, kTern, kNeg, kMask, kMode, R, T>(dec, C, codes + i, i, ps, pe, st, pf);
+    for (; i < nr; ++i) q8_tile<Dec, kTern, kNeg, kMask, kMode, 1, T>(dec, C, codes + i, i, ps, pe, st, pf);
   }
   for (int i = 0; i < nr; ++i)
     for (int t = 0; t < T; ++t)
@@ -253,8 +262,6 @@ void q8_rows(const PackedView& W, const Q8Acts& A, int n, float* Y, int r0, int 
   Q8Ctx C;
   C.bpr = W.blocks_per_row();
   C.npairs = (C.bpr + 1) / 2;
-  C.split = ka == 32;
-  C.ppa = ka >= 128 ? 2 : 1;
   C.ldq = A.ldq;
   C.cds = cds;
   C.cd1 = cd1;
@@ -274,29 +281,65 @@ void q8_rows(const PackedView& W, const Q8Acts& A, int n, float* Y, int r0, int 
     C.half_idx = _mm512_load_si512(h);
     C.mask = _mm512_set1_epi8(char(W.codec == Codec::Int4 ? 15 : 3));
   }
-  auto group_of = [&](int b) { return G == 1 ? 0 : (b * ka) / W.group; };
+  // Group of each activation block (ka divides the group size when G > 1), counted without divisions.
+  thread_local std::vector<int> gidx;
+  int apg = 1;  // activation blocks per group
+  gidx.resize(size_t(nab));
+  {
+    apg = G == 1 ? nab : W.group / ka;
+    for (int b = 0, g = 0, k = 0; b < nab; ++b) {
+      gidx[size_t(b)] = g;
+      if (++k == apg) k = 0, ++g;
+    }
+  }
   for (int t0 = 0; t0 < n;) {
     const int rem = n - t0, T = rem >= 4 ? 4 : (rem >= 2 ? 2 : 1);
     for (int i = 0; i < nr; ++i)
       for (int t = 0; t < T; ++t) {
         const float* d = A.d + size_t(t0 + t) * size_t(nab);
         const size_t o = size_t(i * T + t) * size_t(cds);
-        for (int b = 0; b < nab; ++b) {
-          const size_t k = size_t(i) * size_t(G) + size_t(group_of(b));
-          cd1[o + size_t(b)] = c1[k] * d[b];
-          if constexpr (kNeg) cd2[o + size_t(b)] = c2[k] * d[b];
+        const float* c1i = c1 + size_t(i) * size_t(G);
+        const float* c2i = c2 + size_t(i) * size_t(G);
+        if (apg == 1 || G == 1) {
+          // One activation block per group (cd = c * d elementwise) or one group per row (cd = c[0] * d).
+          for (int b = 0; b < nab; b += 16) {
+            const __mmask16 m = nab - b >= 16 ? __mmask16(0xffff) : __mmask16((1u << (nab - b)) - 1);
+            const __m512 dv = _mm512_maskz_loadu_ps(m, d + b);
+            const __m512 a1 = G == 1 ? _mm512_set1_ps(c1i[0]) : _mm512_maskz_loadu_ps(m, c1i + b);
+            _mm512_mask_storeu_ps(cd1 + o + size_t(b), m, _mm512_mul_ps(a1, dv));
+            if constexpr (kNeg) {
+              const __m512 a2 = G == 1 ? _mm512_set1_ps(c2i[0]) : _mm512_maskz_loadu_ps(m, c2i + b);
+              _mm512_mask_storeu_ps(cd2 + o + size_t(b), m, _mm512_mul_ps(a2, dv));
+            }
+          }
+        } else {
+          for (int b = 0; b < nab; ++b) {
+            cd1[o + size_t(b)] = c1i[gidx[size_t(b)]] * d[b];
+            if constexpr (kNeg) cd2[o + size_t(b)] = c2i[gidx[size_t(b)]] * d[b];
+          }
         }
         cd1[o + size_t(nab)] = 0.0f;
         if constexpr (kNeg) cd2[o + size_t(nab)] = 0.0f;
         const float* ds = A.ds + size_t(t0 + t) * size_t(G);
-        float off = 0.0f;
-        for (int g = 0; g < G; ++g) off += co[size_t(i) * size_t(G) + size_t(g)] * ds[g];
+        const float* coi = co + size_t(i) * size_t(G);
+        __m512 ov = _mm512_setzero_ps();
+        for (int g = 0; g < G; g += 16) {
+          const __mmask16 m = G - g >= 16 ? __mmask16(0xffff) : __mmask16((1u << (G - g)) - 1);
+          ov = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, coi + g), _mm512_maskz_loadu_ps(m, ds + g), ov);
+        }
+        const float off = _mm512_reduce_add_ps(ov);
         offs[i * T + t] = off;
       }
     C.xq = A.xq + size_t(t0) * A.ldq;
-    if (T == 4) q8_tiles<Dec, kTern, kNeg, kMask, kNeg ? 1 : 2, 4>(dec, W, C, nr, codes, offs, Y, r0, t0);
-    else if (T == 2) q8_tiles<Dec, kTern, kNeg, kMask, kNeg ? 2 : 4, 2>(dec, W, C, nr, codes, offs, Y, r0, t0);
-    else q8_tiles<Dec, kTern, kNeg, kMask, 4, 1>(dec, W, C, nr, codes, offs, Y, r0, t0);
+    auto run = [&](auto mode) {
+      constexpr int M = decltype(mode)::value;
+      if (T == 4) q8_tiles<Dec, kTern, kNeg, kMask, M, kNeg ? 1 : 2, 4>(dec, W, C, nr, codes, offs, Y, r0, t0);
+      else if (T == 2) q8_tiles<Dec, kTern, kNeg, kMask, M, kNeg ? 2 : 4, 2>(dec, W, C, nr, codes, offs, Y, r0, t0);
+      else q8_tiles<Dec, kTern, kNeg, kMask, M, 4, 1>(dec, W, C, nr, codes, offs, Y, r0, t0);
+    };
+    if (ka == 128) run(std::integral_constant<int, 0>());
+    else if (ka == 64) run(std::integral_constant<int, 1>());
+    else run(std::integral_constant<int, 2>());
     t0 += T;
   }
 }
