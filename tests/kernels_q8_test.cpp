@@ -15,6 +15,7 @@
 #include "kernels/codec.h"
 #include "kernels/gemv.h"
 #include "kernels/gemv_impl.h"
+#include "quantize/checkpoint.h"
 
 using namespace moec;
 
@@ -290,4 +291,30 @@ TEST(KernelsQ8, DefaultSwitch) {
   EXPECT_EQ(default_act_quant(), ActQuant::Int8);
   set_default_act_quant(ActQuant::None);
   EXPECT_STREQ(act_quant_name(ActQuant::Int8), "int8");
+}
+
+TEST(KernelsQ8, PackedLinearFollowsTheSwitch) {
+  // 40 tokens: beyond the fused-kernel batch limit, where the fp32 path dequantizes and uses GEMM.
+  Gen g{Codec::Tern2, 70, 300, 128};
+  g.neg = true;
+  PackedMatrix m = pack(random_qm(g, 21), g.codec);
+  auto lin = quantize::PackedLinear::owning(m);
+  const int n = 40;
+  std::vector<float> X = random_x(size_t(n) * 300, 22);
+  Matrix Xm(n, 300), Y0, Y1;
+  std::memcpy(Xm.data(), X.data(), X.size() * 4);
+  std::vector<float> want(size_t(n) * 70);
+  matmul(m.view(), X.data(), n, want.data(), best_isa(), ActQuant::Int8);
+  lin->forward(Xm, Y0);
+  set_default_act_quant(ActQuant::Int8);
+  lin->forward(Xm, Y1);
+  set_default_act_quant(ActQuant::None);
+  const Expect e = expect(m.view(), X.data(), n);
+  for (int t = 0; t < n; ++t)
+    for (int r = 0; r < 70; ++r) {
+      const size_t i = size_t(t) * 70 + size_t(r);
+      EXPECT_EQ(Y1(t, r), want[i]) << t << "," << r;
+      EXPECT_NEAR(Y0(t, r), e.exact[i], 1e-5 * e.mag[i]) << t << "," << r;
+      EXPECT_NEAR(Y1(t, r), e.exact[i], e.qbound[i] + 1e-6 * e.mag[i]) << t << "," << r;
+    }
 }
