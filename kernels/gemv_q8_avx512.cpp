@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -204,6 +205,43 @@ inline void q8_tile(const Dec& dec, const Q8Ctx& C, const uint8_t* const* codes,
     for (int t = 0; t < T; ++t) st[(i0 + r) * T + t] = acc[r][t];
 }
 
+// out[i] = sum of the 16 lanes of v[i], i = 0..15: four rounds of pairwise lane-half swaps and adds.
+inline __m512 hsum16(__m512* v) {
+  // Round 1: halves of 256 bits. a_i = [v_2i.lo256 + v_2i.hi256 | v_2i+1.lo256 + v_2i+1.hi256].
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i) {
+    const __m512 x = v[2 * i], y = v[2 * i + 1];
+    a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // Round 2: 128-bit lanes. b_i holds 4 rows x 4 partial lanes.
+  for (int i = 0; i < 4; ++i) {
+    const __m512 x = a[2 * i], y = a[2 * i + 1];
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // Rounds 3 and 4: within 128-bit lanes (pairs of floats, then single floats).
+  for (int i = 0; i < 2; ++i) {
+    const __m512 x = b[2 * i], y = b[2 * i + 1];
+    c[i] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+  }
+  const __m512 d = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(c[0]), _mm512_castps_pd(c[1]))),
+                                 _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(c[0]), _mm512_castps_pd(c[1]))));
+  return d;  // lane L holds the sum of one row, a fixed permutation (hsum16_rows)
+}
+
+// hsum16_rows()[L] = the row whose sum hsum16 puts in lane L (found once by summing constant vectors).
+inline const int* hsum16_rows() {
+  static const std::array<int, 16> rows = [] {
+    __m512 v[16];
+    for (int i = 0; i < 16; ++i) v[i] = _mm512_set1_ps(float(i));
+    alignas(64) float out[16];
+    _mm512_store_ps(out, hsum16(v));
+    std::array<int, 16> r{};
+    for (int L = 0; L < 16; ++L) r[size_t(L)] = int(out[L] / 16.0f);
+    return r;
+  }();
+  return rows.data();
+}
+
 // All nr rows of the chunk for the pass's T tokens: column segment by segment (the segment of xq stays in L1),
 // tiles of R rows and then single rows; y = reduce(lanes) - offset, in a fixed order.
 template <class Dec, bool kTern, bool kNeg, bool kMask, int kMode, int R, int T>
@@ -222,9 +260,23 @@ void q8_tiles(const Dec& dec, const PackedView& W, const Q8Ctx& C, int nr, const
     for (; i + R <= nr; i += R) q8_tile<Dec, kTern, kNeg, kMask, kMode, R, T>(dec, C, codes + i, i, ps, pe, st, pf);
     for (; i < nr; ++i) q8_tile<Dec, kTern, kNeg, kMask, kMode, 1, T>(dec, C, codes + i, i, ps, pe, st, pf);
   }
-  for (int i = 0; i < nr; ++i)
-    for (int t = 0; t < T; ++t)
-      Y[size_t(t0 + t) * size_t(W.rows) + size_t(r0 + i)] = _mm512_reduce_add_ps(st[i * T + t]) - offs[i * T + t];
+  for (int t = 0; t < T; ++t) {
+    if (nr == kRowChunk) {
+      // The 16 rows' lane sums at once (a transposing add tree), in a fixed order like the single-row reduction.
+      alignas(64) float y[kRowChunk];
+      __m512 v[kRowChunk];
+      for (int i = 0; i < kRowChunk; ++i) v[i] = st[i * T + t];
+      _mm512_store_ps(y, hsum16(v));
+      const int* rows = hsum16_rows();
+      for (int L = 0; L < kRowChunk; ++L) {
+        const int i = rows[L];
+        Y[size_t(t0 + t) * size_t(W.rows) + size_t(r0 + i)] = y[L] - offs[i * T + t];
+      }
+    } else {
+      for (int i = 0; i < nr; ++i)
+        Y[size_t(t0 + t) * size_t(W.rows) + size_t(r0 + i)] = _mm512_reduce_add_ps(st[i * T + t]) - offs[i * T + t];
+    }
+  }
 }
 
 template <class Dec, bool kTern, bool kNeg, bool kMask>
@@ -251,17 +303,21 @@ void q8_rows(const PackedView& W, const Q8Acts& A, int n, float* Y, int r0, int 
   float *S = tab.data(), *Zb = S + ng, *c1 = Zb + ng, *c2 = c1 + ng, *co = c2 + ng, *cd1 = co + ng, *cd2 = cd1 + ncd,
         *offs = cd2 + ncd;
   const float* Z = load_params(W, r0, r1, S, Zb);
-  for (size_t k = 0; k < size_t(nr) * size_t(G); ++k) {
-    const float s = S[k];
-    if constexpr (kTern) {
-      const float a = kNeg ? (s + Z[k]) * 0.5f : s;
-      c1[k] = a;
-      c2[k] = kNeg ? (s - Z[k]) * 0.5f : 0.0f;
-      co[k] = a;
-    } else {
-      c1[k] = s;
-      co[k] = s * Z[k];
+  // Coefficients: c1 = scale, offset = scale * zero (int codes); ternary without neg_scales c1 = offset = scale
+  // (no copies); with neg_scales c1 = offset = a, c2 = b.
+  const float* c1p = S;
+  const float* cop = S;
+  if constexpr (kTern) {
+    if constexpr (kNeg) {
+      for (size_t k = 0; k < size_t(nr) * size_t(G); ++k) {
+        c1[k] = (S[k] + Z[k]) * 0.5f;
+        c2[k] = (S[k] - Z[k]) * 0.5f;
+      }
+      c1p = cop = c1;
     }
+  } else {
+    for (size_t k = 0; k < size_t(nr) * size_t(G); ++k) co[k] = S[k] * Z[k];
+    cop = co;
   }
   const int ka = A.ka;
   Q8Ctx C;
@@ -303,7 +359,7 @@ void q8_rows(const PackedView& W, const Q8Acts& A, int n, float* Y, int r0, int 
       for (int t = 0; t < T; ++t) {
         const float* d = A.d + size_t(t0 + t) * size_t(nab);
         const size_t o = size_t(i * T + t) * size_t(cds);
-        const float* c1i = c1 + size_t(i) * size_t(G);
+        const float* c1i = c1p + size_t(i) * size_t(G);
         const float* c2i = c2 + size_t(i) * size_t(G);
         if (apg == 1 || G == 1) {
           // One activation block per group (cd = c * d elementwise) or one group per row (cd = c[0] * d).
@@ -326,7 +382,7 @@ void q8_rows(const PackedView& W, const Q8Acts& A, int n, float* Y, int r0, int 
         cd1[o + size_t(nab)] = 0.0f;
         if constexpr (kNeg) cd2[o + size_t(nab)] = 0.0f;
         const float* ds = A.ds + size_t(t0 + t) * size_t(G);
-        const float* coi = co + size_t(i) * size_t(G);
+        const float* coi = cop + size_t(i) * size_t(G);
         __m512 ov = _mm512_setzero_ps();
         for (int g = 0; g < G; g += 16) {
           const __mmask16 m = G - g >= 16 ? __mmask16(0xffff) : __mmask16((1u << (G - g)) - 1);
