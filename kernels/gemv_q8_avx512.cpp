@@ -170,10 +170,10 @@ inline void q8_tile(const Dec& dec, const Q8Ctx& C, const uint8_t* const* codes,
         __m512 s1, s2;
         if constexpr (kMode == 2) {
           s1 = _mm512_permutexvar_ps(
-              C.half_idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(C.cd1 + o)))));
+              C.half_idx, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(C.cd1 + o)))));
           if constexpr (kNeg)
             s2 = _mm512_permutexvar_ps(
-                C.half_idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(C.cd2 + o)))));
+                C.half_idx, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(C.cd2 + o)))));
         } else {
           s1 = _mm512_set1_ps(C.cd1[o]);
           if constexpr (kNeg) s2 = _mm512_set1_ps(C.cd2[o]);
