@@ -10,7 +10,7 @@ namespace {
 
 constexpr size_t kBig = size_t(256) << 20;
 
-void BM_codec(benchmark::State& st, moec::Codec codec, int rows, int cols) {
+void BM_codec(benchmark::State& st, moec::Codec codec, int rows, int cols, moec::ActQuant act) {
   const int n = int(st.range(0));
   const bool small = size_t(rows) * size_t(cols) * 4 < (size_t(8) << 20);
   moec::PackedExperts probe(codec, rows, cols, codec == moec::Codec::Subbit ? 0 : 128, 0.85, 1);
@@ -18,7 +18,7 @@ void BM_codec(benchmark::State& st, moec::Codec codec, int rows, int cols) {
                          small ? probe.bytes_per_expert() * 32 : kBig);
   std::vector<float> X(size_t(n) * size_t(cols), 0.5f), Y(size_t(n) * size_t(rows));
   for (auto _ : st) {
-    px.step(X.data(), n, Y.data());
+    px.step(X.data(), n, Y.data(), act);
     benchmark::DoNotOptimize(Y.data());
   }
   st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(px.bytes_per_expert()));
@@ -47,8 +47,11 @@ int reg = [] {
     benchmark::RegisterBenchmark(("sgemv_fp32/" + s).c_str(), BM_dense, false, r, c)->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(("bf16/" + s).c_str(), BM_dense, true, r, c)->Unit(benchmark::kMicrosecond);
     for (moec::Codec k : moec::all_codecs())
-      benchmark::RegisterBenchmark((std::string(moec::codec_name(k)) + "/" + s).c_str(), BM_codec, k, r, c)
-          ->Arg(1)->Arg(8)->Unit(benchmark::kMicrosecond);
+      for (moec::ActQuant a : {moec::ActQuant::None, moec::ActQuant::Int8})
+        benchmark::RegisterBenchmark(
+            (std::string(moec::codec_name(k)) + (a == moec::ActQuant::Int8 ? "+q8/" : "/") + s).c_str(), BM_codec, k,
+            r, c, a)
+            ->Arg(1)->Arg(8)->Unit(benchmark::kMicrosecond);
   }
   benchmark::RegisterBenchmark("read_bandwidth_256MiB", BM_read)->Iterations(1);
   return 0;

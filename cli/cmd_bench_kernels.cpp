@@ -23,13 +23,15 @@ std::vector<std::string> split(const std::string& s, char sep) {
 int run_bench_kernels(int argc, char** argv) {
   namespace po = moec::cli::po;
   po::options_description opts("options");
-  std::string codecs, shapes, batches = "1,8";
+  std::string codecs, shapes, batches = "1,8", act = "both";
   moec::BenchOptions bo;
   opts.add_options()("json", "print one JSON object per (codec, shape, batch) as a JSON array on stdout")(
       "quick", "shorter measurements and smaller data sets (still beyond the LLC)")(
       "codecs", po::value(&codecs), "comma-separated codecs (default: all)")(
       "shapes", po::value(&shapes), "comma-separated ROWSxCOLS (default: 14336x4096,4096x14336,512x256,256x512)")(
       "batches", po::value(&batches)->default_value("1,8"), "comma-separated batch sizes (tokens per expert)")(
+      "act", po::value(&act)->default_value("both"),
+      "activation precision: fp32 (exact), int8 (quantized per call, VNNI kernel), or both")(
       "group", po::value(&bo.group)->default_value(128), "scale group size for int/tern2 codecs (subbit: per row)")(
       "zeros", po::value(&bo.p0_zero)->default_value(0.85), "fraction of zero ternary codes")(
       "min-time", po::value(&bo.min_seconds)->default_value(0.4), "seconds per measurement")(
@@ -55,8 +57,13 @@ int run_bench_kernels(int argc, char** argv) {
     if (n < 1) moec::fail("--batches: ", n, " must be >= 1");
     bo.batches.push_back(n);
   }
+  if (act == "fp32") bo.acts = {moec::ActQuant::None};
+  else if (act == "int8") bo.acts = {moec::ActQuant::Int8};
+  else if (act == "both") bo.acts = {moec::ActQuant::None, moec::ActQuant::Int8};
+  else moec::fail("--act: '", act, "' must be fp32, int8 or both");
   const bool json = vm.count("json") > 0;
-  std::fprintf(stderr, "bench-kernels: ISA %s\n", moec::isa_name(moec::best_isa()));
+  std::fprintf(stderr, "bench-kernels: ISA %s, int8 activations: %s\n", moec::isa_name(moec::best_isa()),
+               moec::q8_vnni_supported() ? "AVX-512 VNNI kernel" : "scalar reference (no AVX512_VNNI)");
   auto rows = moec::run_kernel_bench(bo, [&](const std::string& l) { std::fprintf(stderr, "%s\n", l.c_str()); });
   if (json) std::cout << moec::bench_json(rows).dump(1) << "\n";
   else std::cout << moec::bench_table(rows);

@@ -6,6 +6,7 @@
 #include "cli/options.h"
 #include "core/error.h"
 #include "io/npy.h"
+#include "kernels/gemv.h"
 #include "model/forward.h"
 
 namespace moec::cli {
@@ -21,7 +22,9 @@ static int run_eval(int argc, char** argv) {
       "max-tokens", po::value(&eo.max_tokens)->default_value(-1), "use only the first N tokens of each file")(
       "chunk-tokens", po::value(&eo.chunk_tokens)->default_value(1 << 16),
       "tokens run through the layers together (memory: chunk x hidden x 4 bytes, plus one layer)")(
-      "json", "print one JSON object per file on stdout");
+      "json", "print one JSON object per file on stdout")(
+      "act-int8", "packed layers quantize their activations to int8 (per token and 128-column block) and use the "
+                  "integer (VNNI) kernels for every batch size; see docs/CODECS.md");
   po::positional_options_description pos;
   pos.add("model", 1);
   po::variables_map vm;
@@ -31,6 +34,7 @@ static int run_eval(int argc, char** argv) {
                      opts, pos, vm))
     return 0;
   eo.progress = !vm.count("quiet");
+  if (vm.count("act-int8")) set_default_act_quant(ActQuant::Int8);
   auto src = model::open_model(model_dir);
   const bool json = vm.count("json");
   for (auto& f : token_files) {
@@ -47,6 +51,7 @@ static int run_eval(int argc, char** argv) {
       j["ppl"] = r.ppl();
       j["seconds"] = r.seconds;
       j["tokens_per_second"] = r.tokens_per_second();
+      j["act"] = act_quant_name(default_act_quant());
       std::printf("%s\n", j.dump().c_str());
     } else {
       std::printf("%s: %lld tokens scored (%lld windows of %d), mean nll %.6f, perplexity %.4f, %.0f tokens/s\n", f.c_str(),

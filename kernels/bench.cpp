@@ -101,8 +101,8 @@ PackedExperts::PackedExperts(Codec codec, int rows, int cols, int group, double 
 
 size_t PackedExperts::bytes_per_expert() const { return stored_bytes(views_[0]); }
 
-void PackedExperts::step(const float* X, int n, float* Y) {
-  matmul(views_[size_t(next_)], X, n, Y);
+void PackedExperts::step(const float* X, int n, float* Y, ActQuant act) {
+  matmul(views_[size_t(next_)], X, n, Y, best_isa(), act);
   next_ = (next_ + 1) % experts();
 }
 
@@ -199,33 +199,37 @@ std::vector<BenchRow> run_kernel_bench(const BenchOptions& opt, const std::funct
       PackedExperts& P = small ? *small_px : px;
       const size_t bytes = P.bytes_per_expert();
       const double bw = measure_read_bandwidth(bytes * size_t(P.experts()), min_s);
-      double t1 = 0;
-      for (int n : opt.batches) {
-        const double t = time_calls([&] { P.step(X.data(), n, Y.data()); }, P.experts(), min_s);
-        if (n == 1) t1 = t;
-        BenchRow r;
-        r.codec = codec_name(c);
-        r.rows = rows;
-        r.cols = cols;
-        r.batch = n;
-        r.experts = P.experts();
-        r.bits_per_weight = bits_per_weight(P.view(0));
-        r.seconds = t;
-        r.gbps = double(bytes) / t / 1e9;
-        r.bandwidth_gbps = bw;
-        r.bandwidth_fraction = r.gbps / bw;
-        r.sgemv_seconds = t_sgemv;
-        r.bf16_seconds = t_bf16;
-        r.speedup_vs_sgemv = double(n) * t_sgemv / t;
-        r.speedup_vs_bf16 = double(n) * t_bf16 / t;
-        if (n > 1 && t1 > 0) r.speedup_per_token_vs_matvec = double(n) * t1 / t;
-        out.push_back(r);
-        std::snprintf(line, sizeof line,
-                      "  %-6s batch %2d: %.3f bpw  %8.3f ms  %6.1f GB/s (%3.0f%% of %.1f GB/s read)  x%.1f vs sgemv  x%.1f vs bf16%s",
-                      r.codec.c_str(), n, r.bits_per_weight, t * 1e3, r.gbps, 100 * r.bandwidth_fraction, bw,
-                      r.speedup_vs_sgemv, r.speedup_vs_bf16,
-                      n > 1 ? ("  x" + std::to_string(r.speedup_per_token_vs_matvec).substr(0, 4) + " per token vs matvec").c_str() : "");
-        log(line);
+      for (ActQuant act : opt.acts) {
+        double t1 = 0;
+        for (int n : opt.batches) {
+          const double t = time_calls([&] { P.step(X.data(), n, Y.data(), act); }, P.experts(), min_s);
+          if (n == 1) t1 = t;
+          BenchRow r;
+          r.codec = codec_name(c);
+          r.act = act_quant_name(act);
+          r.rows = rows;
+          r.cols = cols;
+          r.batch = n;
+          r.experts = P.experts();
+          r.bits_per_weight = bits_per_weight(P.view(0));
+          r.seconds = t;
+          r.gbps = double(bytes) / t / 1e9;
+          r.bandwidth_gbps = bw;
+          r.bandwidth_fraction = r.gbps / bw;
+          r.sgemv_seconds = t_sgemv;
+          r.bf16_seconds = t_bf16;
+          r.speedup_vs_sgemv = double(n) * t_sgemv / t;
+          r.speedup_vs_bf16 = double(n) * t_bf16 / t;
+          if (n > 1 && t1 > 0) r.speedup_per_token_vs_matvec = double(n) * t1 / t;
+          out.push_back(r);
+          const std::string label = r.codec + (act == ActQuant::Int8 ? "+q8" : "");
+          std::snprintf(line, sizeof line,
+                        "  %-9s batch %2d: %.3f bpw  %8.3f ms  %6.1f GB/s (%3.0f%% of %.1f GB/s read)  x%.1f vs sgemv  x%.1f vs bf16%s",
+                        label.c_str(), n, r.bits_per_weight, t * 1e3, r.gbps, 100 * r.bandwidth_fraction, bw,
+                        r.speedup_vs_sgemv, r.speedup_vs_bf16,
+                        n > 1 ? ("  x" + std::to_string(r.speedup_per_token_vs_matvec).substr(0, 4) + " per token vs matvec").c_str() : "");
+          log(line);
+        }
       }
     }
   }
@@ -236,6 +240,7 @@ nlohmann::json bench_json(const std::vector<BenchRow>& rows) {
   nlohmann::json a = nlohmann::json::array();
   for (const auto& r : rows) {
     nlohmann::json j = {{"codec", r.codec},
+                        {"act", r.act},
                         {"rows", r.rows},
                         {"cols", r.cols},
                         {"batch", r.batch},
@@ -258,10 +263,11 @@ nlohmann::json bench_json(const std::vector<BenchRow>& rows) {
 }
 
 std::string bench_table(const std::vector<BenchRow>& rows) {
-  std::string s = "codec   shape         batch  bpw    ms/call   GB/s   %bw   x sgemv  x bf16  x/token vs matvec\n";
+  std::string s = "codec     shape         batch  bpw    ms/call   GB/s   %bw   x sgemv  x bf16  x/token vs matvec\n";
   char line[256];
   for (const auto& r : rows) {
-    std::snprintf(line, sizeof line, "%-7s %5dx%-7d %5d  %.3f  %8.3f  %6.1f  %4.0f  %7.1f  %6.1f  %s\n", r.codec.c_str(), r.rows,
+    const std::string label = r.codec + (r.act == "int8" ? "+q8" : "");
+    std::snprintf(line, sizeof line, "%-9s %5dx%-7d %5d  %.3f  %8.3f  %6.1f  %4.0f  %7.1f  %6.1f  %s\n", label.c_str(), r.rows,
                   r.cols, r.batch, r.bits_per_weight, r.seconds * 1e3, r.gbps, 100 * r.bandwidth_fraction, r.speedup_vs_sgemv,
                   r.speedup_vs_bf16, r.batch > 1 ? std::to_string(r.speedup_per_token_vs_matvec).substr(0, 4).c_str() : "-");
     s += line;

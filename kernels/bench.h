@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/codec.h"
+#include "kernels/gemv.h"
 
 namespace moec {
 
@@ -21,8 +22,9 @@ class PackedExperts {
   int experts() const { return int(mats_.size()); }
   const PackedView& view(int e) const { return views_[size_t(e)]; }
   size_t bytes_per_expert() const;  // stored_bytes of one copy
-  // One call: Y[n, rows] = X * W_e^T on the next copy (round robin).
-  void step(const float* X, int n, float* Y);
+  // One call: Y[n, rows] = X * W_e^T on the next copy (round robin), with the given activation precision (the
+  // int8 path's activation quantization is part of the call).
+  void step(const float* X, int n, float* Y, ActQuant act = ActQuant::None);
 
  private:
   std::vector<PackedMatrix> mats_;
@@ -54,6 +56,7 @@ struct BenchOptions {
   std::vector<Codec> codecs;                 // empty = all
   std::vector<std::pair<int, int>> shapes;   // empty = defaults (Mixtral 14336x4096, 4096x14336, tiny 512x256, 256x512)
   std::vector<int> batches{1, 8};
+  std::vector<ActQuant> acts{ActQuant::None, ActQuant::Int8};  // activation precisions measured per codec
   int group = 128;                           // scale group for all codecs (subbit: 0 = per row, see bench.cpp)
   double p0_zero = 0.85;                     // fraction of zero ternary codes
   size_t big_bytes = size_t(256) << 20;      // data-set size for shapes beyond the LLC
@@ -63,6 +66,7 @@ struct BenchOptions {
 
 struct BenchRow {
   std::string codec;
+  std::string act = "fp32";  // activation precision: "fp32" or "int8" (act_quant_name)
   int rows = 0, cols = 0, batch = 1, experts = 0;
   double bits_per_weight = 0, seconds = 0, gbps = 0, bandwidth_gbps = 0, bandwidth_fraction = 0;
   double sgemv_seconds = 0, bf16_seconds = 0, speedup_vs_sgemv = 0, speedup_vs_bf16 = 0;

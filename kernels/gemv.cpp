@@ -152,6 +152,33 @@ void matmul(const PackedView& W, const float* X, int n, float* Y, Isa isa) {
                  [&](int r0, int r1, uint64_t* scratch) { fn(W, Xp, ldx, n, Y, r0, r1, scratch); });
 }
 
+void matmul(const PackedView& W, const float* X, int n, float* Y, Isa isa, ActQuant act) {
+  if (act == ActQuant::None) return matmul(W, X, n, Y, isa);
+  check_view(W, "matmul");
+  if (n < 1) fail("matmul: batch n = ", n, " must be >= 1");
+  if (isa != Isa::Scalar && !isa_supported(isa)) fail("matmul: ISA ", isa_name(isa), " not supported on this CPU");
+  if (isa != Isa::Avx512 || !q8_vnni_supported()) return matmul_q8_ref(W, X, n, Y);
+  // Quantized, permuted activations (quantize_act_q8 per token), then the VNNI kernel over row chunks.
+  const int ka = act_block_cols(W), nab = (W.cols + ka - 1) / ka, G = W.groups();
+  const size_t pairs = (size_t(W.blocks_per_row()) + 1) / 2;
+  const size_t ldq = (64 * pairs + size_t(ka) - 1) / size_t(ka) * size_t(ka);
+  const size_t xq_bytes = (ldq * size_t(n) + 63) & ~size_t(63);
+  uint8_t* buf = static_cast<uint8_t*>(thread_buffer(xq_bytes + sizeof(float) * size_t(n) * size_t(nab + G), kXp));
+  detail::Q8Acts A;
+  A.ka = ka;
+  A.nab = nab;
+  A.ldq = ldq;
+  int8_t* xq = reinterpret_cast<int8_t*>(buf);
+  float* d = reinterpret_cast<float*>(buf + xq_bytes);
+  float* ds = d + size_t(n) * size_t(nab);
+  detail::q8_prepare_avx512(W, X, n, ka, ldq, xq, d, ds);
+  A.xq = xq;
+  A.d = d;
+  A.ds = ds;
+  for_row_chunks(W, double(W.rows) * double(W.cols) * n,
+                 [&](int r0, int r1, uint64_t* scratch) { detail::rows_q8_avx512(W, A, n, Y, r0, r1, scratch); });
+}
+
 void matvec(const PackedView& W, const float* x, float* y, Isa isa) { matmul(W, x, 1, y, isa); }
 
 void dequantize_isa(const PackedView& W, float* out, Isa isa) {

@@ -32,6 +32,27 @@ void prepare_x_avx512(const PackedView& W, float* Xp, int n, size_t ldx);
 void dequant_rows_avx2(const PackedView& W, float* out, int r0, int r1, uint64_t* scratch);
 void dequant_rows_avx512(const PackedView& W, float* out, int r0, int r1, uint64_t* scratch);
 
+// int8-activation path (gemv_q8.cpp, gemv_q8_avx512.cpp). Activations of n tokens quantized with
+// quantize_act_q8 in blocks of ka columns: xq[t * ldq + c] (ldq = nab * ka, a multiple of 64 and >= 64 * pairs
+// of blocks), with the columns of each 64-column slice permuted into the byte order the kernel decodes W in
+// (q8_column()); d[t * nab + b]; ds[t * G + g] = sum over the blocks b of group g of d[b] * sums[b] (fp32, in
+// block order).
+struct Q8Acts {
+  int ka = 128, nab = 0;
+  size_t ldq = 0;
+  const int8_t* xq = nullptr;
+  const float* d = nullptr;
+  const float* ds = nullptr;
+};
+// Column (0..63) of the 64-column slice that byte P (0..63) of the kernel's 64-code vector holds for W's codec.
+int q8_column(const PackedView& W, int P);
+// Fills A's buffers for n tokens of X[n, W.cols]: xq (n * ldq bytes), d (n * nab), ds (n * groups), with the
+// AVX-512 copy of quantize_act_q8 (bit-identical) and the column permutation of q8_column.
+void q8_prepare_avx512(const PackedView& W, const float* X, int n, int ka, size_t ldq, int8_t* xq, float* d, float* ds);
+// AVX-512 copy of quantize_act_q8 (same arguments, same results bit for bit).
+void quantize_act_q8_avx512(const float* x, int cols, int ka, int8_t* xq, float* d, int32_t* sums);
+void rows_q8_avx512(const PackedView& W, const Q8Acts& A, int n, float* Y, int r0, int r1, uint64_t* scratch);
+
 // Baselines for the benchmark: y = W x for a bf16 row-major matrix converted on the fly (AVX-512 / AVX2),
 // and a streaming read of n bytes (returns a checksum so the read is not optimised away).
 float bf16_dot_avx512(const uint16_t* w, const float* x, int cols);

@@ -42,6 +42,16 @@ void PackedLinear::forward(const Matrix& X, Matrix& Y) const {
   const int64_t n = X.rows();
   Y.resize(n, v_.rows);
   if (n == 0) return;
+  // With int8 activations (the process-wide switch, `moec eval --act-int8`) every batch size runs the fused
+  // kernel, so that the whole forward pass uses quantized activations.
+  const ActQuant act = default_act_quant();
+  if (act != ActQuant::None) {
+    for (int64_t t0 = 0; t0 < n; t0 += 1024) {
+      const int m = int(std::min<int64_t>(1024, n - t0));
+      matmul(v_, X.data() + t0 * v_.cols, m, Y.data() + t0 * v_.rows, best_isa(), act);
+    }
+    return;
+  }
   if (n <= kMatmulRows) {
     matmul(v_, X.data(), int(n), Y.data());
     return;
