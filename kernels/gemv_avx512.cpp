@@ -308,7 +308,7 @@ void tiles(const Dec& dec, const PackedView& W, int nr, const uint8_t* const* co
 
 template <class Dec>
 void rows_impl(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y, int r0, int r1, uint64_t* scratch) {
-  const int nr = r1 - r0, bpr = W.blocks_per_row();
+  const int nr = r1 - r0;
   float* S = reinterpret_cast<float*>(scratch + scratch_buffer_words(W));
   float* Zbuf = S + size_t(kRowChunk) * size_t(W.groups());
   const float* Z = load_params(W, r0, r1, S, Zbuf);

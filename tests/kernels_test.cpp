@@ -145,8 +145,12 @@ TEST(Codec, PackUnpackRoundTripRandom) {
     QuantizedMatrix back = unpack(m.view());
     if (g.group >= g.cols) back.group = q.group;  // pack normalises group >= cols to 0 (same grouping)
     expect_same_qm(q, back, name(g));
-    if (!codec_is_ternary(g.codec) && g.symmetric) EXPECT_TRUE(m.symmetric) << name(g);
-    if (codec_is_ternary(g.codec)) EXPECT_FALSE(m.symmetric) << name(g);
+    if (!codec_is_ternary(g.codec) && g.symmetric) {
+      EXPECT_TRUE(m.symmetric) << name(g);
+    }
+    if (codec_is_ternary(g.codec)) {
+      EXPECT_FALSE(m.symmetric) << name(g);
+    }
   }
 }
 
@@ -468,7 +472,9 @@ TEST(Subbit, LosslessAndRateNearEntropy) {
     // already costs ~0.03 bit/weight around p0 = 0.95.
     EXPECT_LE(code_bits, std::max(H * 1.08 + 0.01, 0.56)) << p0;
     EXPECT_GE(code_bits, H - 0.01) << p0;  // sanity: no code beats the entropy of an i.i.d. source
-    if (p0 == 0.85) EXPECT_LT(bits_per_weight(m.view()), 1.0);
+    if (p0 == 0.85) {
+      EXPECT_LT(bits_per_weight(m.view()), 1.0);
+    }
   }
 }
 
