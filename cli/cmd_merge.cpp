@@ -61,9 +61,9 @@ static int run_merge(int argc, char** argv) {
       "merge weights = selection frequency ^ P (1 = frequency-weighted; larger leans towards the dominant member)")(
       "dominant-gate-up", "subspace: keep the dominant member's gate/up projections, merge only down")(
       "form", po::value(&form)->default_value("dense"),
-      "output: dense (Hugging Face checkpoint, K dense experts) | factored (moec checkpoint: each merged projection\n"
-      "stored as its cluster's shared U·Σ times the merged V; `moec eval` runs it) | shared-basis (moec checkpoint:\n"
-      "all experts and the router kept, expert = shared U·Σ of its cluster times its own V); factored forms need\n"
+      "output: dense (Hugging Face checkpoint, K dense experts) | factored (moec checkpoint: each merged projection "
+      "stored as its cluster's shared U·Σ times the merged V; `moec eval` runs it) | shared-basis (moec checkpoint: "
+      "all experts and the router kept, expert = shared U·Σ of its cluster times its own V); factored forms need "
       "--method subspace and are smaller than dense only at ranks below in*out/(in+out) (use --rank or --energy)")(
       "plan-only", "write the plan (JSON) to -o and stop")(
       "plan", po::value(&plan_in), "apply this plan (JSON) instead of clustering")(
@@ -78,10 +78,11 @@ static int run_merge(int argc, char** argv) {
   if (!parse_options(argc, argv,
                      "merge MODEL (--stats stats.h5 | --calib FILE.npy) --method subspace|msmoe|average|freq-average "
                      "--keep K [--cluster kmeans|hc] [--rank R | --energy E] [--router dominant|freq] [--whiten] "
-                     "[--plan-only | --plan plan.json] -o OUT",
+                     "[--form dense|factored|shared-basis] [--plan-only | --plan plan.json] -o OUT",
                      "Merges each MoE layer's experts into K clusters (plan from routing statistics: output similarity\n"
                      "for clustering, selection frequency for weights and dominant members), then writes a Hugging\n"
-                     "Face checkpoint with K dense experts per layer.",
+                     "Face checkpoint with K dense experts per layer (--form dense), or keeps the subspace factors in\n"
+                     "a moec checkpoint that `moec eval` runs directly (--form factored | shared-basis, MERGING.md §9).",
                      opts, pos, vm))
     return 0;
 
