@@ -18,16 +18,6 @@
 namespace moec::detail {
 namespace {
 
-inline uint32_t ld16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline uint32_t ld32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 
 inline __m256 int_table8(unsigned mask, float s, float z) {
   __m256i k = _mm256_and_si256(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(mask)));

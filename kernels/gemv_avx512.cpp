@@ -313,16 +313,7 @@ void rows_impl(const PackedView& W, const float* Xp, size_t ldx, int n, float* Y
   float* Zbuf = S + size_t(kRowChunk) * size_t(W.groups());
   const float* Z = load_params(W, r0, r1, S, Zbuf);
   const uint8_t* codes[kRowChunk];
-  for (int i = 0; i < nr; ++i) {
-    if constexpr (std::is_same_v<Dec, DecSubbitBytes>) {
-      uint8_t* buf = reinterpret_cast<uint8_t*>(scratch) + size_t(i) * subbit_byte_row(W);
-      prefetch_subbit_row(W, r0 + i + kRowChunk);
-      subbit_decode_bytes(W, r0 + i, buf);
-      codes[i] = buf;
-    } else {
-      codes[i] = W.codes + size_t(r0 + i) * W.row_bytes();
-    }
-  }
+  chunk_row_codes<std::is_same_v<Dec, DecSubbitBytes>>(W, r0, nr, scratch, codes);
   float* TB = Zbuf + size_t(kRowChunk) * size_t(W.groups());
   if constexpr (Dec::kPre) {
     // 4 groups per step; the last step may read up to 3 values past the chunk's and write up to 3 tables past

@@ -5,22 +5,6 @@
 namespace moec::detail {
 namespace {
 
-inline uint32_t ld16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline uint32_t ld32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-inline uint64_t ld64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-
 // Prefetch the codewords of row r (if it exists): the rows' streams are short, so the hardware prefetchers see
 // little of them.
 inline void prefetch_subbit_row(const PackedView& W, int r) {
@@ -59,6 +43,22 @@ inline void subbit_decode_bytes(const PackedView& W, int r, uint8_t* buf) {
   if (pos < cols) std::memset(buf + pos, 0, size_t(cols - pos));  // corrupt stream: too few codes
   // Code 0 past the row end (as in the 2-bit packing), so that padding columns contribute exactly 0 * 0.
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + cols), _mm256_setzero_si256());
+}
+
+// Code pointers of rows r0 .. r0 + nr of a chunk: the packed rows themselves, or (subbit) each row decoded to one
+// byte per weight into scratch (subbit_byte_row(W) bytes per row), prefetching the stream one chunk ahead.
+template <bool kSubbitBytes>
+inline void chunk_row_codes(const PackedView& W, int r0, int nr, uint64_t* scratch, const uint8_t** codes) {
+  for (int i = 0; i < nr; ++i) {
+    if constexpr (kSubbitBytes) {
+      uint8_t* buf = reinterpret_cast<uint8_t*>(scratch) + size_t(i) * subbit_byte_row(W);
+      prefetch_subbit_row(W, r0 + i + kRowChunk);
+      subbit_decode_bytes(W, r0 + i, buf);
+      codes[i] = buf;
+    } else {
+      codes[i] = W.codes + size_t(r0 + i) * W.row_bytes();
+    }
+  }
 }
 
 // fp32 copies of n fp16 values starting at element i0 of a (unaligned).

@@ -3,12 +3,30 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/codec.h"
 
 namespace moec::detail {
 
 constexpr int kRowChunk = 16;
+
+// Unaligned little-endian loads of packed codes.
+inline uint32_t ld16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline uint32_t ld32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline uint64_t ld64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
 
 // Rows [r0, r1) of Y[n, rows] = Xp[n, ldx] * W^T, r1 - r0 <= kRowChunk. Xp rows are zero-padded to
 // ldx = x_stride(W) = blocks_per_row()*32 (kernels read whole blocks; padding codes then meet x = 0).

@@ -284,16 +284,7 @@ void q8_rows(const PackedView& W, const Q8Acts& A, int n, float* Y, int r0, int 
   const int nr = r1 - r0, G = W.groups(), nab = A.nab;
   const Dec dec;
   const uint8_t* codes[kRowChunk];
-  for (int i = 0; i < nr; ++i) {
-    if constexpr (std::is_same_v<Dec, QDecSub>) {
-      uint8_t* buf = reinterpret_cast<uint8_t*>(scratch) + size_t(i) * subbit_byte_row(W);
-      prefetch_subbit_row(W, r0 + i + kRowChunk);
-      subbit_decode_bytes(W, r0 + i, buf);
-      codes[i] = buf;
-    } else {
-      codes[i] = W.codes + size_t(r0 + i) * W.row_bytes();
-    }
-  }
+  chunk_row_codes<std::is_same_v<Dec, QDecSub>>(W, r0, nr, scratch, codes);
   // Per (row, group) coefficients: c1 = scale (int) or a = (s + ns) / 2 (ternary), c2 = b = (s - ns) / 2, and the
   // offset coefficient (scale * zero, or a). Then per pass: (coefficient * d) per activation block and token.
   const int cds = nab + 1;

@@ -14,54 +14,16 @@
 #include "kernels/codec.h"
 #include "kernels/gemv.h"
 #include "kernels/subbit.h"
+#include "tests/support/kernel_gen.h"
 
 using namespace moec;
 
 namespace {
 
-struct Gen {
-  Codec codec;
-  int rows, cols, group;
-  bool symmetric = false;  // Int codecs
-  bool neg = false;        // ternary codecs: separate negative scale
-  double p0 = 0.5;         // ternary: probability of a zero code
-};
-
-QuantizedMatrix random_qm(const Gen& g, uint32_t seed) {
-  std::mt19937 rng(seed);
-  QuantizedMatrix q;
-  q.rows = g.rows;
-  q.cols = g.cols;
-  q.group = g.group;
-  const bool tern = codec_is_ternary(g.codec);
-  q.kind = tern ? CodeKind::Ternary : CodeKind::Int;
-  q.bits = codec_bits(g.codec);
-  q.q.resize(size_t(g.rows) * size_t(g.cols));
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  for (auto& v : q.q) {
-    if (tern) {
-      float a = u(rng);
-      v = a < g.p0 ? 0 : (u(rng) < 0.5f ? 1 : -1);
-    } else {
-      v = int8_t(uint8_t(rng() % (1u << q.bits)));
-    }
-  }
-  const size_t ng = size_t(g.rows) * size_t(q.groups());
-  for (size_t i = 0; i < ng; ++i) {
-    q.scale.push_back(round_f16(0.001f + 0.05f * u(rng)));
-    if (!tern) q.zero.push_back(g.symmetric ? float(1 << (q.bits - 1)) : float(rng() % (1u << q.bits)));
-    if (tern && g.neg) q.neg_scale.push_back(round_f16(0.001f + 0.05f * u(rng)));
-  }
-  return q;
-}
-
-std::vector<float> random_x(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = d(rng);
-  return x;
-}
+using test::Gen;
+using test::name;
+using test::random_qm;
+using test::random_x;
 
 void expect_same_qm(const QuantizedMatrix& a, const QuantizedMatrix& b, const std::string& what) {
   ASSERT_EQ(a.rows, b.rows) << what;
@@ -99,11 +61,6 @@ std::vector<Gen> shape_grid() {
         out.push_back(g);
       }
   return out;
-}
-
-std::string name(const Gen& g) {
-  return std::string(codec_name(g.codec)) + " " + std::to_string(g.rows) + "x" + std::to_string(g.cols) + " g" +
-         std::to_string(g.group) + (g.symmetric ? " sym" : "") + (g.neg ? " neg" : "");
 }
 
 }  // namespace
