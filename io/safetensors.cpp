@@ -396,14 +396,29 @@ void SafetensorsWriter::add(const std::string& name, DType dtype, const std::vec
   seen_[name] = true;
 }
 
+std::vector<uint8_t> f32_to_bytes(const float* data, size_t n, DType dtype, const std::string& what) {
+  std::vector<uint8_t> out;
+  if (dtype == DType::F32) {
+    out.resize(4 * n);
+    if (n) std::memcpy(out.data(), data, 4 * n);
+    return out;
+  }
+  if (dtype != DType::BF16 && dtype != DType::F16)
+    fail(what, ": cannot store fp32 values as ", dtype_name(dtype), " (F32, F16 or BF16)");
+  out.resize(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t h = dtype == DType::BF16 ? f32_to_bf16(data[i]) : f32_to_f16(data[i]);
+    std::memcpy(out.data() + 2 * i, &h, 2);
+  }
+  return out;
+}
+
 void SafetensorsWriter::add_f32(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const float* data) {
   int64_t n = 1;
   for (auto d : shape) n *= d;
   if (dtype == DType::F32) return add(name, dtype, shape, data, size_t(n) * 4);
-  if (dtype != DType::BF16 && dtype != DType::F16) fail("safetensors writer: cannot convert fp32 to ", dtype_name(dtype), " for '", name, "'");
-  std::vector<uint16_t> buf(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) buf[size_t(i)] = dtype == DType::BF16 ? f32_to_bf16(data[i]) : f32_to_f16(data[i]);
-  add(name, dtype, shape, buf.data(), buf.size() * 2);
+  const auto bytes = f32_to_bytes(data, size_t(n), dtype, "safetensors writer: tensor '" + name + "'");
+  add(name, dtype, shape, bytes.data(), bytes.size());
 }
 
 void SafetensorsWriter::close_shard() {

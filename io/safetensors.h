@@ -98,6 +98,10 @@ Matrix to_matrix(const TensorInfo& t);
 // Checks the shape (message names tensor, expected and actual shape).
 void expect_shape(const TensorInfo& t, const std::vector<int64_t>& shape);
 
+// n fp32 values as the little-endian bytes of `dtype` (F32, F16 or BF16; round to nearest even), as add_f32
+// stores them. Other dtypes fail with `what` at the start of the message.
+std::vector<uint8_t> f32_to_bytes(const float* data, size_t n, DType dtype, const std::string& what);
+
 // Streaming writer. Tensors are appended in order; each shard's data is spooled to a temp file beside
 // the output, and on close the shard is written as header + data to a temp name and renamed. finish()
 // names shards as Hugging Face does (model.safetensors, or model-0000i-of-0000N.safetensors plus

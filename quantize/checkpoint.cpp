@@ -6,7 +6,6 @@
 
 #include "core/error.h"
 #include "core/files.h"
-#include "core/half.h"
 #include "kernels/gemv.h"
 #include "model/linear.h"
 
@@ -128,29 +127,9 @@ void PackedCheckpointWriter::add_packed(const std::string& name, const PackedMat
   added_[name] = true;
 }
 
-namespace {
-// fp32 values as the bytes of `dtype` (what SafetensorsWriter::add_f32 stores), so that they can be hashed.
-std::vector<uint8_t> float_bytes(const Matrix& m, io::DType dtype, const std::string& name) {
-  const size_t n = size_t(m.size());
-  std::vector<uint8_t> out;
-  if (dtype == io::DType::F32) {
-    out.resize(4 * n);
-    std::memcpy(out.data(), m.data(), 4 * n);
-    return out;
-  }
-  if (dtype != io::DType::BF16 && dtype != io::DType::F16)
-    fail("packed checkpoint: cannot store '", name, "' as ", io::dtype_name(dtype), " (F32, F16 or BF16)");
-  out.resize(2 * n);
-  for (size_t i = 0; i < n; ++i) {
-    const uint16_t h = dtype == io::DType::BF16 ? f32_to_bf16(m.data()[i]) : f32_to_f16(m.data()[i]);
-    std::memcpy(out.data() + 2 * i, &h, 2);
-  }
-  return out;
-}
-}  // namespace
 
 void PackedCheckpointWriter::add_matrix(const std::string& name, io::DType dtype, const Matrix& m) {
-  const auto bytes = float_bytes(m, dtype, name);
+  const auto bytes = io::f32_to_bytes(m.data(), size_t(m.size()), dtype, out_.string() + ": tensor '" + name + "'");
   add_dense(name, dtype, {m.rows(), m.cols()}, bytes.data(), bytes.size());
 }
 
@@ -158,7 +137,7 @@ void PackedCheckpointWriter::add_factor(const std::string& factor_name, io::DTyp
   if (added_.count(factor_name) || factors_.count(factor_name))
     fail(out_.string(), ": tensor '", factor_name, "' added twice");
   if (m.size() == 0 || !m.allFinite()) fail(out_.string(), ": factor '", factor_name, "' is empty or not finite");
-  const auto bytes = float_bytes(m, dtype, factor_name);
+  const auto bytes = io::f32_to_bytes(m.data(), size_t(m.size()), dtype, out_.string() + ": factor '" + factor_name + "'");
   writer_.add(factor_name, dtype, {m.rows(), m.cols()}, bytes.data(), bytes.size());
   factors_[factor_name] = {m.rows(), m.cols(), tensor_sha256(bytes.data(), bytes.size())};
 }
