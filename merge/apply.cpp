@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <set>
 
 #include "core/error.h"
@@ -253,11 +254,15 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
         // Factored forms: the refit down D* of each expert is brought back into its cluster's subspace,
         // V = argmin_V ||U·V - D*||_F (least squares; per expert, this is the exact minimizer of its own
         // calibration error term given U, see docs/MERGING.md §9).
+        // One factorization per shared left factor (shared-basis: a cluster's members share it).
+        std::vector<std::unique_ptr<Eigen::ColPivHouseholderQR<MatrixD>>> qr(ml.lefts.size());
         for (size_t k = 0; k < ml.experts.size(); ++k) {
           FactoredProj& fp = ml.factors[k][2];
           if (fp.left < 0) continue;
           const Matrix& U = ml.lefts[size_t(fp.left)];
-          fp.right = U.cast<double>().colPivHouseholderQr().solve(ml.experts[k].down.cast<double>()).cast<float>();
+          auto& f = qr[size_t(fp.left)];
+          if (!f) f = std::make_unique<Eigen::ColPivHouseholderQR<MatrixD>>(U.cast<double>());
+          fp.right = f->solve(ml.experts[k].down.cast<double>()).cast<float>();
           ml.experts[k].down = U * fp.right;
         }
         const Matrix y = routed_output(ml.experts, rm, xr);
