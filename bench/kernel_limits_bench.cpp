@@ -37,9 +37,9 @@ bool have_vnni() { return moec::q8_vnni_supported(); }
 // Keeps v in a register and opaque to the optimiser (so each op really executes).
 #define KEEP(v) asm volatile("" : "+v"(v))
 
-// Per iteration: 12 vpdpbusd (kDp) and 12 vfmadd (kFma) on independent chains (enough to cover their latency), and
-// 4 vcvtdq2ps (kCvt). Counter ops_per_ns = executed instructions per nanosecond.
-template <int kDp, int kFma, int kCvt>
+// Per iteration: 12 vpdpbusd (kDp) and 12 vfmadd (kFma) on independent chains (enough to cover their latency),
+// 4 vcvtdq2ps (kCvt) and 4 vpermb (kPerm). Counter ops_per_ns = executed instructions per nanosecond.
+template <int kDp, int kFma, int kCvt, int kPerm = 0>
 void BM_pipes(benchmark::State& st) {
   if (!have_vnni()) return st.SkipWithError("needs AVX512_VNNI");
   // Named variables, not arrays: GCC keeps arrays of vectors on the stack, which would measure store forwarding.
@@ -49,11 +49,13 @@ void BM_pipes(benchmark::State& st) {
          f10 = f0, f11 = f0;
   __m512i c0 = _mm512_set1_epi32(3), c1 = c0, c2 = c0, c3 = c0;
   __m512 g0 = f0, g1 = f0, g2 = f0, g3 = f0;
+  __m512i p0 = _mm512_set1_epi8(5), p1 = p0, p2 = p0, p3 = p0;
   const __m512i u = _mm512_set1_epi8(1), x = _mm512_set1_epi8(2);
   const __m512 m = _mm512_set1_ps(0.999f);
 #define DP(v) do { v = _mm512_dpbusd_epi32(v, u, x); KEEP(v); } while (0)
 #define FM(v) do { v = _mm512_fmadd_ps(v, m, m); KEEP(v); } while (0)
 #define CV(d, s) do { d = _mm512_cvtepi32_ps(s); KEEP(d); KEEP(s); } while (0)
+#define PB(v) do { v = _mm512_permutexvar_epi8(v, u); KEEP(v); } while (0)
   constexpr int kIter = 1000;
   for (auto _ : st) {
     for (int i = 0; i < kIter; ++i) {
@@ -66,27 +68,33 @@ void BM_pipes(benchmark::State& st) {
       if constexpr (kCvt) {
         CV(g0, c0); CV(g1, c1); CV(g2, c2); CV(g3, c3);
       }
+      if constexpr (kPerm) {
+        PB(p0); PB(p1); PB(p2); PB(p3);
+      }
     }
   }
 #undef DP
 #undef FM
 #undef CV
+#undef PB
   const __m512i as = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
                                       _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
-  const __m512i as2 = _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11));
+  const __m512i as2 = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)),
+                                       _mm512_add_epi32(_mm512_add_epi32(p0, p1), _mm512_add_epi32(p2, p3)));
   const __m512 fs = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(f0, f1), _mm512_add_ps(f2, f3)),
                                   _mm512_add_ps(_mm512_add_ps(f4, f5), _mm512_add_ps(f6, f7)));
   const __m512 fs2 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(f8, f9), _mm512_add_ps(f10, f11)),
                                    _mm512_add_ps(_mm512_add_ps(g0, g1), _mm512_add_ps(g2, g3)));
   benchmark::DoNotOptimize(_mm512_reduce_add_epi32(_mm512_add_epi32(as, as2)) + _mm512_reduce_add_ps(_mm512_add_ps(fs, fs2)));
   st.counters["ops_per_ns"] =
-      benchmark::Counter(double(st.iterations()) * kIter * (12 * (kDp + kFma) + 4 * kCvt) * 1e-9, benchmark::Counter::kIsRate);
+      benchmark::Counter(double(st.iterations()) * kIter * (12 * (kDp + kFma) + 4 * (kCvt + kPerm)) * 1e-9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_pipes<1, 0, 0>)->Name("BM_pipes/vpdpbusd")->MinTime(0.2);
 BENCHMARK(BM_pipes<0, 1, 0>)->Name("BM_pipes/vfmadd")->MinTime(0.2);
 BENCHMARK(BM_pipes<1, 1, 0>)->Name("BM_pipes/vpdpbusd+vfmadd")->MinTime(0.2);
 BENCHMARK(BM_pipes<1, 0, 1>)->Name("BM_pipes/vpdpbusd+vcvtdq2ps")->MinTime(0.2);
 BENCHMARK(BM_pipes<0, 1, 1>)->Name("BM_pipes/vfmadd+vcvtdq2ps")->MinTime(0.2);
+BENCHMARK(BM_pipes<1, 0, 0, 1>)->Name("BM_pipes/vpdpbusd+vpermb")->MinTime(0.2);
 
 // Rows of ternary codes with 85% zeros, coded with their own sub-bit dictionary.
 struct Stream {
