@@ -319,18 +319,28 @@ void q8_rows(const PackedView& W, const Q8Acts& A, int n, float* Y, int r0, int 
   C.cd1 = cd1;
   C.cd2 = cd2;
   {
-    alignas(64) uint8_t u[64], v[64];
-    alignas(64) int32_t h[16];
-    for (int k = 0; k < 64; ++k) {
-      const unsigned code = unsigned(k) & 3u;
-      const int t = tern_from_code(code);
-      u[k] = uint8_t(t + 1);
-      v[k] = uint8_t(t * t);
-    }
-    for (int L = 0; L < 16; ++L) h[L] = q8_column(W, 4 * L) >= 32 ? 1 : 0;
-    C.U = _mm512_load_si512(u);
-    C.V = _mm512_load_si512(v);
-    C.half_idx = _mm512_load_si512(h);
+    // Constant per codec: built once per process, not per row chunk.
+    struct Tables {
+      alignas(64) uint8_t u[64], v[64];
+      alignas(64) int32_t h[int(Codec::Subbit) + 1][16];  // per codec: lane -> block of the pair (kMode 2)
+    };
+    static const Tables tables = [] {
+      Tables tb;
+      for (int k = 0; k < 64; ++k) {
+        const int t = tern_from_code(unsigned(k) & 3u);
+        tb.u[k] = uint8_t(t + 1);
+        tb.v[k] = uint8_t(t * t);
+      }
+      for (Codec c : all_codecs()) {
+        PackedView cv;
+        cv.codec = c;
+        for (int L = 0; L < 16; ++L) tb.h[int(c)][L] = q8_column(cv, 4 * L) >= 32 ? 1 : 0;
+      }
+      return tb;
+    }();
+    C.U = _mm512_load_si512(tables.u);
+    C.V = _mm512_load_si512(tables.v);
+    C.half_idx = _mm512_load_si512(tables.h[int(W.codec)]);
     C.mask = _mm512_set1_epi8(char(W.codec == Codec::Int4 ? 15 : 3));
   }
   // Group of each activation block (ka divides the group size when G > 1), counted without divisions.

@@ -20,6 +20,8 @@ namespace moec::merge {
 
 using model::Proj;
 static constexpr std::array<Proj, 3> kProjs{Proj::Gate, Proj::Up, Proj::Down};
+static Matrix& proj_matrix(Expert& e, Proj p) { return p == Proj::Gate ? e.gate : p == Proj::Up ? e.up : e.down; }
+static const Matrix& proj_matrix(const Expert& e, Proj p) { return proj_matrix(const_cast<Expert&>(e), p); }
 
 const char* to_string(ClusterAlgo c) {
   return c == ClusterAlgo::KMeans ? "kmeans" : c == ClusterAlgo::Hierarchical ? "hc" : "dominant";
@@ -384,11 +386,10 @@ MergePlan run(const model::WeightSource& src, const PipelineOptions& opt, const 
           for (size_t i = 0; i < cp.members.size(); ++i) {
             const int e = cp.members[i];
             Expert& out = ml.experts[size_t(e)];
-            Matrix Expert::*mats[3] = {&Expert::gate, &Expert::up, &Expert::down};
             for (int t = 0; t < 3; ++t) {
               FactoredProj& fp = ml.factors[size_t(e)][size_t(t)];
               fp = {left[size_t(t)], me.factors[size_t(t)].v_members[i]};
-              out.*mats[t] = ml.lefts[size_t(fp.left)] * fp.right;
+              proj_matrix(out, kProjs[size_t(t)]) = ml.lefts[size_t(fp.left)] * fp.right;
             }
           }
         }
@@ -455,7 +456,7 @@ void MergedCheckpointWriter::add_layer(int l, const MergedLayer& m) {
     const Expert& e = m.experts[k];
     for (Proj p : kProjs)
       impl_->w.add_matrix(spec.expert(l, int(k), p), float_dtype(store.get(spec.expert(l, 0, p)).dtype),
-                          p == Proj::Gate ? e.gate : p == Proj::Up ? e.up : e.down);
+                          proj_matrix(e, p));
   }
   impl_->w.add_matrix(spec.router(l), float_dtype(store.get(spec.router(l)).dtype), m.router);
 }
@@ -512,7 +513,7 @@ void FactoredCheckpointWriter::add_layer(int l, const MergedLayer& m) {
       const io::DType dt = float_dtype(store.get(spec.expert(l, 0, p)).dtype);
       const FactoredProj* fp = m.factors.empty() ? nullptr : &m.factors[k][size_t(t)];
       if (!fp || fp->left < 0) {
-        impl_->w.add_matrix(name, dt, p == Proj::Gate ? e.gate : p == Proj::Up ? e.up : e.down);
+        impl_->w.add_matrix(name, dt, proj_matrix(e, p));
         continue;
       }
       if (fp->left >= int(m.lefts.size())) fail("factored writer: layer ", l, " expert ", k, ": left factor ", fp->left, " out of range");

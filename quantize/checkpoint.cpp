@@ -257,12 +257,12 @@ PackedSource::PackedSource(const fs::path& dir) : dir_(dir) {
       }
       if (e->rank < 1) fail(tctx, ": lowrank rank ", e->rank, " must be >= 1");
       const std::vector<int64_t> want_left{shape[0], e->rank}, want_right{e->rank, shape[1]};
-      for (const char* side : {"left", "right"}) {
-        const std::string& fname = std::string(side) == "left" ? e->left : e->right;
+      for (const auto& [side, fname, want] : {std::tuple<const char*, const std::string&, const std::vector<int64_t>&>{
+                                                  "left", e->left, want_left},
+                                              {"right", e->right, want_right}}) {
         if (!store_->has(fname)) fail(tctx, ": ", side, " factor '", fname, "' is missing from the safetensors files");
         const auto& info = store_->get(fname);
         if (!io::dtype_is_float(info.dtype)) fail(tctx, ": ", side, " factor '", fname, "' has dtype ", io::dtype_name(info.dtype), ", expected a float type");
-        const auto& want = std::string(side) == "left" ? want_left : want_right;
         if (info.shape != want)
           fail(tctx, ": ", side, " factor '", fname, "' has shape ", shape_str(info.shape), ", expected ", shape_str(want));
         if (!sha.contains(side)) fail(tctx, ": no sha256 recorded for the ", side, " factor");
@@ -327,8 +327,8 @@ void PackedSource::verify_lowrank(const std::string& name, const LowRank& e) con
   if (e.verified.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> lock(verify_mu_);
   if (e.verified.load(std::memory_order_relaxed)) return;
-  for (const char* side : {"left", "right"}) {
-    const auto& info = store_->get(std::string(side) == "left" ? e.left : e.right);
+  for (const auto& [side, fname] : {std::pair<const char*, const std::string&>{"left", e.left}, {"right", e.right}}) {
+    const auto& info = store_->get(fname);
     const std::string got = tensor_sha256(info.data, info.nbytes);
     if (got != e.sha.at(side))
       fail(info.file, ": checksum mismatch in the ", side, " factor '", info.name, "' of low-rank tensor '", name,
@@ -342,17 +342,15 @@ void PackedSource::verify_all() const {
   for (auto& [name, e] : lowrank_) verify_lowrank(name, *e);
 }
 
-int PackedSource::lowrank_rank(const std::string& name) const {
+const PackedSource::LowRank& PackedSource::lowrank_entry(const std::string& name) const {
   auto it = lowrank_.find(name);
   if (it == lowrank_.end()) fail(dir_.string(), ": tensor '", name, "' is not low-rank");
-  return it->second->rank;
+  return *it->second;
 }
 
-uint64_t PackedSource::lowrank_bytes(const std::string& name) const {
-  auto it = lowrank_.find(name);
-  if (it == lowrank_.end()) fail(dir_.string(), ": tensor '", name, "' is not low-rank");
-  return it->second->bytes;
-}
+int PackedSource::lowrank_rank(const std::string& name) const { return lowrank_entry(name).rank; }
+
+uint64_t PackedSource::lowrank_bytes(const std::string& name) const { return lowrank_entry(name).bytes; }
 
 const PackedView& PackedSource::packed(const std::string& name) const {
   auto it = packed_.find(name);

@@ -154,6 +154,7 @@ class PackedSource final : public model::WeightSource {
     mutable std::atomic<bool> verified{false};
   };
   void verify_lowrank(const std::string& name, const LowRank& e) const;
+  const LowRank& lowrank_entry(const std::string& name) const;  // fails naming the tensor when it is not low-rank
   std::map<std::string, std::unique_ptr<LowRank>> lowrank_;
   mutable std::mutex verify_mu_;
 };
